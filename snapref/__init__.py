@@ -1,0 +1,61 @@
+"""snapref: versioned snapshots of Zarr / kerchunk datasets, with a SQL catalog.
+
+Typical use::
+
+    import snapref
+
+    repo = snapref.init("./warehouse")                   # or snapref.connect(...)
+    repo.import_references("air", "air.json", message="Adopt kerchunk refs")
+    with repo.transaction("air", message="Fix bad values") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        g["air"][0, :] = 0
+    old = snapref.open(repo, "air", version=1)           # time travel
+"""
+
+from snapref._version import __version__
+from snapref.catalog import Snapshot
+from snapref.errors import (
+    AlreadyExistsError,
+    CatalogSchemaError,
+    ConflictError,
+    DatasetNotFoundError,
+    DisallowedSourceError,
+    IntegrityError,
+    InvalidInputError,
+    InvalidKeyError,
+    InvalidReferenceError,
+    NotFoundError,
+    ReadOnlyError,
+    RepositoryNotFoundError,
+    SnapRefError,
+    TransactionClosedError,
+    VersionNotFoundError,
+)
+from snapref.repository import Repository, connect, init, open, open_dataset  # noqa: A004
+from snapref.transaction import Transaction
+
+__all__ = [
+    "AlreadyExistsError",
+    "CatalogSchemaError",
+    "ConflictError",
+    "DatasetNotFoundError",
+    "DisallowedSourceError",
+    "IntegrityError",
+    "InvalidInputError",
+    "InvalidKeyError",
+    "InvalidReferenceError",
+    "NotFoundError",
+    "ReadOnlyError",
+    "Repository",
+    "RepositoryNotFoundError",
+    "SnapRefError",
+    "Snapshot",
+    "Transaction",
+    "TransactionClosedError",
+    "VersionNotFoundError",
+    "__version__",
+    "connect",
+    "init",
+    "open",
+    "open_dataset",
+]

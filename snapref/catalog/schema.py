@@ -1,0 +1,120 @@
+"""The catalog's tables (SQLAlchemy Core), version :data:`SCHEMA_VERSION`.
+
+The DDL these tables produce is kept in ``catalog_schemas/v{N}.sql``; a test fails when
+the two disagree, so a change here must come with a new file and a migration there.
+
+Types are kept to what SQLite, duckdb and PostgreSQL share: text, integers, ISO 8601
+UTC timestamps as text (they sort as time does) and JSON documents as text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ["SCHEMA_VERSION", "metadata"]
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+#: One row: the schema version of this catalog.
+schema_info = Table(
+    "snapref_schema",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+)
+
+#: Repository-wide settings (JSON values), e.g. ``allowed_sources``.
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("created_at", String(32), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("properties", Text, nullable=False),
+)
+
+#: Locations (URL prefixes) that a dataset's virtual references may point into.
+dataset_sources = Table(
+    "dataset_sources",
+    metadata,
+    Column("dataset", String(255), ForeignKey("datasets.name"), nullable=False),
+    Column("prefix", Text, nullable=False),
+    PrimaryKeyConstraint("dataset", "prefix"),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("dataset", String(255), ForeignKey("datasets.name"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("manifest", String(64), nullable=False),
+    Column("parents", Text, nullable=False),
+    Column("branch", String(255), nullable=False),
+    Column("timestamp", String(32), nullable=False),
+    Column("author", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("snapref_version", String(32), nullable=False),
+    Column("properties", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    UniqueConstraint("dataset", "version"),
+)
+
+#: The keys each snapshot changed: A(dded), M(odified), D(eleted).
+snapshot_changes = Table(
+    "snapshot_changes",
+    metadata,
+    Column("snapshot_id", String(32), ForeignKey("snapshots.id"), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("op", String(1), nullable=False),
+    PrimaryKeyConstraint("snapshot_id", "key"),
+    CheckConstraint("op IN ('A', 'M', 'D')", name="ck_snapshot_changes_op"),
+    Index("ix_snapshot_changes_key", "key"),
+)
+
+#: Branches (movable) and tags (fixed), per dataset.
+refs = Table(
+    "refs",
+    metadata,
+    Column("dataset", String(255), ForeignKey("datasets.name"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("snapshot_id", String(32), ForeignKey("snapshots.id"), nullable=False),
+    PrimaryKeyConstraint("dataset", "name"),
+    CheckConstraint("kind IN ('branch', 'tag')", name="ck_refs_kind"),
+)
+
+#: Every change of a ref: the history that ``as_of`` reads and the audit trail.
+ref_log = Table(
+    "ref_log",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("dataset", String(255), ForeignKey("datasets.name"), nullable=False),
+    Column("ref", String(255), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("old_snapshot", String(32), nullable=True),
+    Column("new_snapshot", String(32), nullable=True),
+    Column("timestamp", String(32), nullable=False),
+    Column("author", Text, nullable=False),
+    Index("ix_ref_log_dataset_ref_time", "dataset", "ref", "timestamp"),
+)

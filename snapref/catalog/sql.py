@@ -1,0 +1,571 @@
+"""The SQL catalog: the only mutable state of a repository (invariant 6).
+
+It records datasets, snapshots (one row per version, pointing at an immutable manifest
+in the warehouse), branches and tags, and a log of every ref change. A commit is one
+SQL transaction that inserts the snapshot and moves the branch head with
+``UPDATE refs ... WHERE snapshot_id = :expected_parent`` (invariant 2); when no row
+is updated someone else committed first and :class:`~snapref.errors.ConflictError` is
+raised with nothing written.
+
+Only portable SQL is used (SQLAlchemy Core), so the same code runs on SQLite (the
+embedded default), PostgreSQL and duckdb.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+import ujson
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+
+from snapref.catalog import schema as t
+from snapref.errors import (
+    AlreadyExistsError,
+    CatalogSchemaError,
+    ConflictError,
+    DatasetNotFoundError,
+    VersionNotFoundError,
+)
+
+__all__ = ["Catalog", "DatasetRecord", "RefRecord", "Snapshot", "iso_now"]
+
+BRANCH, TAG = "branch", "tag"
+MAIN_BRANCH = "main"
+
+
+def iso_now() -> str:
+    """The current UTC time as ISO 8601 text with microseconds and a ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def format_time(when: datetime) -> str:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One immutable version of a dataset, with its provenance."""
+
+    id: str
+    dataset: str
+    version: int
+    manifest: str
+    parents: tuple[str, ...]
+    branch: str
+    timestamp: datetime
+    author: str
+    message: str
+    snapref_version: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields of ``snapref log --json``."""
+        return {
+            "version": self.version,
+            "id": self.id,
+            "dataset": self.dataset,
+            "timestamp": format_time(self.timestamp),
+            "author": self.author,
+            "message": self.message,
+            "parents": list(self.parents),
+            "branch": self.branch,
+            "properties": self.properties,
+            "summary": self.summary,
+            "snapref_version": self.snapref_version,
+            "manifest": self.manifest,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    name: str
+    created_at: datetime
+    description: str
+    properties: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    """A branch or tag of a dataset."""
+
+    dataset: str
+    name: str
+    kind: str
+    snapshot_id: str
+
+
+def _snapshot(row: Any) -> Snapshot:
+    return Snapshot(
+        id=row.id,
+        dataset=row.dataset,
+        version=row.version,
+        manifest=row.manifest,
+        parents=tuple(ujson.loads(row.parents)),
+        branch=row.branch,
+        timestamp=parse_time(row.timestamp),
+        author=row.author,
+        message=row.message,
+        snapref_version=row.snapref_version,
+        properties=ujson.loads(row.properties),
+        summary=ujson.loads(row.summary),
+    )
+
+
+def new_snapshot_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # let SQLAlchemy, not pysqlite, decide where transactions begin
+            dbapi_connection.isolation_level = None
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # writers take the write lock up front, so two writers never deadlock
+            # upgrading a read lock; readers take none
+            write = conn.get_execution_options().get("snapref_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    return sa.create_engine(url)
+
+
+class Catalog:
+    """Typed access to the catalog tables of one repository."""
+
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.url = url
+        self.engine = engine
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, url: str) -> Catalog:
+        """Create the tables at ``url`` (an SQLAlchemy URL) and record the version.
+
+        Raises
+        ------
+        AlreadyExistsError
+            If the database holds a snapref catalog already.
+        """
+        engine = _make_engine(url)
+        if sa.inspect(engine).has_table(t.schema_info.name):
+            raise AlreadyExistsError(
+                f"The database {_safe_url(url)} holds a snapref catalog already; "
+                "connect to it instead of creating a new one"
+            )
+        t.metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.insert(t.schema_info).values(version=t.SCHEMA_VERSION))
+        return cls(url, engine)
+
+    @classmethod
+    def open(cls, url: str) -> Catalog:
+        """Connect to an existing catalog and check its schema version."""
+        engine = _make_engine(url)
+        try:
+            with engine.connect() as conn:
+                version = conn.execute(sa.select(t.schema_info.c.version)).scalar_one()
+        except sa.exc.SQLAlchemyError as exc:
+            raise CatalogSchemaError(
+                f"{_safe_url(url)} is not a snapref catalog ({exc.__class__.__name__}). "
+                "Create one with 'snapref init'."
+            ) from exc
+        if version != t.SCHEMA_VERSION:
+            raise CatalogSchemaError(
+                f"The catalog {_safe_url(url)} has schema version {version}; this snapref "
+                f"uses version {t.SCHEMA_VERSION}. Upgrade snapref, or migrate the catalog "
+                "with the scripts in catalog_schemas/."
+            )
+        return cls(url, engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction: committed on success, rolled back on any error."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(snapref_write=True)
+            with conn.begin():
+                yield conn
+
+    # -- settings ----------------------------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        with self._read() as conn:
+            value = conn.execute(
+                sa.select(t.settings.c.value).where(t.settings.c.key == key)
+            ).scalar_one_or_none()
+        return default if value is None else ujson.loads(value)
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self._write() as conn:
+            conn.execute(sa.delete(t.settings).where(t.settings.c.key == key))
+            conn.execute(sa.insert(t.settings).values(key=key, value=ujson.dumps(value)))
+
+    # -- datasets ----------------------------------------------------------------------
+
+    def datasets(self) -> list[DatasetRecord]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t.datasets).order_by(t.datasets.c.name)).all()
+        return [_dataset(r) for r in rows]
+
+    def dataset(self, name: str) -> DatasetRecord:
+        with self._read() as conn:
+            row = conn.execute(sa.select(t.datasets).where(t.datasets.c.name == name)).one_or_none()
+        if row is None:
+            known = ", ".join(d.name for d in self.datasets()) or "none yet"
+            raise DatasetNotFoundError(
+                f"No dataset {name!r} in this repository (datasets: {known}). "
+                "Create it with 'snapref import'."
+            )
+        return _dataset(row)
+
+    def sources(self, dataset: str) -> list[str]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t.dataset_sources.c.prefix)
+                .where(t.dataset_sources.c.dataset == dataset)
+                .order_by(t.dataset_sources.c.prefix)
+            ).all()
+        return [r.prefix for r in rows]
+
+    def add_sources(self, dataset: str, prefixes: Iterable[str]) -> None:
+        with self._write() as conn:
+            self._add_sources(conn, dataset, prefixes)
+
+    def _add_sources(self, conn: Connection, dataset: str, prefixes: Iterable[str]) -> None:
+        have = {
+            r.prefix
+            for r in conn.execute(
+                sa.select(t.dataset_sources.c.prefix).where(t.dataset_sources.c.dataset == dataset)
+            )
+        }
+        new = sorted(set(prefixes) - have)
+        if new:
+            conn.execute(
+                sa.insert(t.dataset_sources), [{"dataset": dataset, "prefix": p} for p in new]
+            )
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def snapshot(self, snapshot_id: str) -> Snapshot:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(t.snapshots).where(t.snapshots.c.id == snapshot_id)
+            ).one_or_none()
+        if row is None:
+            raise VersionNotFoundError(f"No snapshot with id {snapshot_id!r}")
+        return _snapshot(row)
+
+    def snapshot_by_version(self, dataset: str, version: int) -> Snapshot | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(t.snapshots).where(
+                    t.snapshots.c.dataset == dataset, t.snapshots.c.version == version
+                )
+            ).one_or_none()
+        return None if row is None else _snapshot(row)
+
+    def snapshots_by_id_prefix(self, dataset: str, prefix: str) -> list[Snapshot]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t.snapshots).where(
+                    t.snapshots.c.dataset == dataset,
+                    t.snapshots.c.id.startswith(prefix, autoescape=True),
+                )
+            ).all()
+        return [_snapshot(r) for r in rows]
+
+    def all_snapshots(self, dataset: str) -> dict[str, Snapshot]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t.snapshots).where(t.snapshots.c.dataset == dataset)
+            ).all()
+        return {r.id: _snapshot(r) for r in rows}
+
+    def ancestry(self, head: str) -> list[Snapshot]:
+        """``head`` and its first-parent ancestors, newest first."""
+        first = self.snapshot(head)
+        everything = self.all_snapshots(first.dataset)
+        out = []
+        current: Snapshot | None = first
+        while current is not None:
+            out.append(current)
+            current = everything.get(current.parents[0]) if current.parents else None
+        return out
+
+    def changes(self, snapshot_id: str) -> dict[str, str]:
+        """The keys a snapshot changed, with their op (A, M or D)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t.snapshot_changes.c.key, t.snapshot_changes.c.op)
+                .where(t.snapshot_changes.c.snapshot_id == snapshot_id)
+                .order_by(t.snapshot_changes.c.key)
+            ).all()
+        return {r.key: r.op for r in rows}
+
+    # -- refs --------------------------------------------------------------------------
+
+    def refs(self, dataset: str) -> list[RefRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t.refs).where(t.refs.c.dataset == dataset).order_by(t.refs.c.name)
+            ).all()
+        return [RefRecord(r.dataset, r.name, r.kind, r.snapshot_id) for r in rows]
+
+    def ref(self, dataset: str, name: str) -> RefRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(t.refs).where(t.refs.c.dataset == dataset, t.refs.c.name == name)
+            ).one_or_none()
+        return None if row is None else RefRecord(row.dataset, row.name, row.kind, row.snapshot_id)
+
+    def create_ref(self, dataset: str, name: str, kind: str, snapshot_id: str, author: str) -> None:
+        """Create a branch or tag; a name is unique among both in one dataset."""
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    sa.insert(t.refs).values(
+                        dataset=dataset, name=name, kind=kind, snapshot_id=snapshot_id
+                    )
+                )
+                self._log_ref(conn, dataset, name, kind, None, snapshot_id, author)
+        except SQLIntegrityError as exc:
+            existing = self.ref(dataset, name)
+            what = existing.kind if existing else "ref"
+            raise AlreadyExistsError(
+                f"Dataset {dataset!r} has a {what} named {name!r} already; choose another name"
+            ) from exc
+
+    def head_at(self, dataset: str, branch: str, when: datetime) -> str | None:
+        """The snapshot ``branch`` pointed at, at time ``when`` (from the ref log)."""
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(t.ref_log.c.new_snapshot)
+                .where(
+                    t.ref_log.c.dataset == dataset,
+                    t.ref_log.c.ref == branch,
+                    t.ref_log.c.timestamp <= format_time(when),
+                )
+                .order_by(t.ref_log.c.timestamp.desc(), t.ref_log.c.id.desc())
+                .limit(1)
+            ).one_or_none()
+        return None if row is None else row.new_snapshot
+
+    def _log_ref(
+        self,
+        conn: Connection,
+        dataset: str,
+        ref: str,
+        action: str,
+        old: str | None,
+        new: str | None,
+        author: str,
+    ) -> None:
+        conn.execute(
+            sa.insert(t.ref_log).values(
+                id=uuid.uuid4().hex,
+                dataset=dataset,
+                ref=ref,
+                action=action,
+                old_snapshot=old,
+                new_snapshot=new,
+                timestamp=iso_now(),
+                author=author,
+            )
+        )
+
+    # -- commits -----------------------------------------------------------------------
+
+    def create_dataset(
+        self,
+        name: str,
+        snapshot: Mapping[str, Any],
+        changes: Mapping[str, str],
+        sources: Iterable[str],
+        description: str = "",
+        properties: Mapping[str, Any] | None = None,
+    ) -> Snapshot:
+        """Create dataset ``name`` with its first snapshot on branch ``main``, atomically.
+
+        Raises
+        ------
+        AlreadyExistsError
+            If a dataset of that name exists.
+        """
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    sa.insert(t.datasets).values(
+                        name=name,
+                        created_at=iso_now(),
+                        description=description,
+                        properties=ujson.dumps(dict(properties or {})),
+                    )
+                )
+                self._add_sources(conn, name, sources)
+                row = self._insert_snapshot(conn, name, 1, snapshot, changes)
+                conn.execute(
+                    sa.insert(t.refs).values(
+                        dataset=name, name=snapshot["branch"], kind=BRANCH, snapshot_id=row["id"]
+                    )
+                )
+                self._log_ref(
+                    conn, name, snapshot["branch"], "create", None, row["id"], snapshot["author"]
+                )
+        except SQLIntegrityError as exc:
+            raise AlreadyExistsError(
+                f"A dataset named {name!r} exists already; choose another name, or commit "
+                "a new version of it instead"
+            ) from exc
+        return self.snapshot(row["id"])
+
+    def commit(
+        self,
+        dataset: str,
+        branch: str,
+        expected_parent: str,
+        snapshot: Mapping[str, Any],
+        changes: Mapping[str, str],
+        sources: Sequence[str] = (),
+    ) -> Snapshot:
+        """Record a new snapshot and move ``branch`` to it if it still points at
+        ``expected_parent`` — all in one transaction.
+
+        Raises
+        ------
+        ConflictError
+            If the branch head is no longer ``expected_parent``. Nothing is recorded.
+        """
+        for _attempt in range(5):
+            try:
+                with self._write() as conn:
+                    version = (
+                        conn.execute(
+                            sa.select(sa.func.max(t.snapshots.c.version)).where(
+                                t.snapshots.c.dataset == dataset
+                            )
+                        ).scalar_one()
+                        or 0
+                    ) + 1
+                    row = self._insert_snapshot(conn, dataset, version, snapshot, changes)
+                    updated = conn.execute(
+                        sa.update(t.refs)
+                        .where(
+                            t.refs.c.dataset == dataset,
+                            t.refs.c.name == branch,
+                            t.refs.c.kind == BRANCH,
+                            t.refs.c.snapshot_id == expected_parent,
+                        )
+                        .values(snapshot_id=row["id"])
+                    )
+                    if updated.rowcount != 1:
+                        raise _Moved()
+                    self._add_sources(conn, dataset, sources)
+                    self._log_ref(
+                        conn,
+                        dataset,
+                        branch,
+                        "commit",
+                        expected_parent,
+                        row["id"],
+                        snapshot["author"],
+                    )
+                return self.snapshot(row["id"])
+            except _Moved:
+                head = self.ref(dataset, branch)
+                raise ConflictError(
+                    f"Branch {branch!r} of dataset {dataset!r} moved while you worked: it "
+                    f"points at {head.snapshot_id[:12] if head else 'nothing'}, not at "
+                    f"{expected_parent[:12]} where your changes started. Nothing was "
+                    "committed. Open a new transaction on the new head and apply your "
+                    "changes again (or commit them to a new branch)."
+                ) from None
+            except SQLIntegrityError:
+                # another branch took the same version number; count again
+                continue
+        raise ConflictError(
+            f"Could not allocate a version number for dataset {dataset!r} after 5 tries; "
+            "too many concurrent commits. Try again."
+        )
+
+    def _insert_snapshot(
+        self,
+        conn: Connection,
+        dataset: str,
+        version: int,
+        snapshot: Mapping[str, Any],
+        changes: Mapping[str, str],
+    ) -> dict[str, Any]:
+        row = {
+            "id": snapshot.get("id") or new_snapshot_id(),
+            "dataset": dataset,
+            "version": version,
+            "manifest": snapshot["manifest"],
+            "parents": ujson.dumps(list(snapshot["parents"])),
+            "branch": snapshot["branch"],
+            "timestamp": snapshot.get("timestamp") or iso_now(),
+            "author": snapshot["author"],
+            "message": snapshot["message"],
+            "snapref_version": snapshot["snapref_version"],
+            "properties": ujson.dumps(dict(snapshot.get("properties") or {})),
+            "summary": ujson.dumps(dict(snapshot.get("summary") or {})),
+        }
+        conn.execute(sa.insert(t.snapshots).values(**row))
+        if changes:
+            conn.execute(
+                sa.insert(t.snapshot_changes),
+                [{"snapshot_id": row["id"], "key": k, "op": op} for k, op in changes.items()],
+            )
+        return row
+
+
+class _Moved(Exception):
+    """Internal: the compare-and-swap updated no row."""
+
+
+def _dataset(row: Any) -> DatasetRecord:
+    return DatasetRecord(
+        name=row.name,
+        created_at=parse_time(row.created_at),
+        description=row.description,
+        properties=ujson.loads(row.properties),
+    )
+
+
+def _safe_url(url: str) -> str:
+    """``url`` with any password hidden, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url

@@ -1,0 +1,87 @@
+"""The error tree of snapref.
+
+Every error snapref raises on purpose derives from :class:`SnapRefError`, so callers
+can catch one type. Subclasses say *what kind* of thing went wrong; their messages say
+*which* dataset, version, key or URL, and how to fix it. The CLI turns any of them
+into ``Error: <message>`` and exit code 1.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExistsError",
+    "CatalogSchemaError",
+    "ConflictError",
+    "DatasetNotFoundError",
+    "DisallowedSourceError",
+    "IntegrityError",
+    "InvalidInputError",
+    "InvalidKeyError",
+    "InvalidReferenceError",
+    "NotFoundError",
+    "ReadOnlyError",
+    "RepositoryNotFoundError",
+    "SnapRefError",
+    "TransactionClosedError",
+    "VersionNotFoundError",
+]
+
+
+class SnapRefError(Exception):
+    """Root of every error snapref raises on purpose."""
+
+
+class NotFoundError(SnapRefError, LookupError):
+    """Something named by the caller does not exist."""
+
+
+class RepositoryNotFoundError(NotFoundError):
+    """No snapref repository at the given URL."""
+
+
+class DatasetNotFoundError(NotFoundError):
+    """No dataset of that name in the repository."""
+
+
+class VersionNotFoundError(NotFoundError):
+    """No version, snapshot id, tag or branch matches the given reference."""
+
+
+class AlreadyExistsError(SnapRefError):
+    """A repository, dataset, tag or branch of that name exists already."""
+
+
+class ConflictError(SnapRefError):
+    """The branch moved since the transaction started (compare-and-swap failed)."""
+
+
+class IntegrityError(SnapRefError):
+    """Stored bytes do not match their content hash."""
+
+
+class InvalidInputError(SnapRefError, ValueError):
+    """The caller passed something snapref cannot accept."""
+
+
+class InvalidKeyError(InvalidInputError):
+    """A key is empty, absolute, or escapes its dataset (``..``)."""
+
+
+class InvalidReferenceError(InvalidInputError):
+    """A reference set or one of its entries is malformed."""
+
+
+class DisallowedSourceError(SnapRefError):
+    """A reference points at a location the repository does not allow."""
+
+
+class ReadOnlyError(SnapRefError, PermissionError):
+    """A write was attempted on a read-only view of a version."""
+
+
+class TransactionClosedError(SnapRefError):
+    """The transaction was committed or discarded already."""
+
+
+class CatalogSchemaError(SnapRefError):
+    """The catalog's schema version is not one this snapref can use."""

@@ -1,0 +1,474 @@
+"""The reference filesystem of one dataset version, writable inside a transaction.
+
+:class:`SnapshotFileSystem` is fsspec's ``ReferenceFileSystem`` over a lazily loaded
+manifest (invariant 5): inline bytes come from the manifest, virtual references are
+read from their source files through fsspec (nearby ranges merged by
+``ReferenceFileSystem.cat``), and warehouse objects are read and checked against their
+hash. Writes and deletes are *staged* in :class:`StagedReferences`; a transaction
+turns them into a new snapshot when it commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+import fsspec
+from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+from fsspec.implementations.reference import ReferenceFileSystem
+from fsspec.utils import get_protocol
+
+from snapref.errors import DisallowedSourceError, ReadOnlyError
+from snapref.keys import validate_key
+from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
+from snapref.objects import ContentStore
+
+__all__ = ["SnapshotFileSystem", "SourcePolicy", "StagedReferences"]
+
+
+class SourcePolicy:
+    """The URL prefixes a dataset's virtual references may point into (invariant 7)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        self.prefixes = prefixes
+
+    def allows(self, url: str) -> bool:
+        return url.startswith(self.prefixes)
+
+    def check(self, key: str, url: str) -> None:
+        """Raise :class:`DisallowedSourceError` unless ``url`` is allowed."""
+        if not self.allows(url):
+            allowed = ", ".join(self.prefixes) or "none"
+            raise DisallowedSourceError(
+                f"Key {key!r} points at {url!r}, outside the locations this dataset may "
+                f"read from ({allowed}). If that location is trusted, allow it with "
+                "'--allow-source PREFIX' (or allow_sources=[...] in Python)."
+            )
+
+
+def _fsspec_value(ref: Ref) -> Any:
+    """The form ``ReferenceFileSystem`` understands (objects stay typed)."""
+    if isinstance(ref, InlineRef):
+        return ref.data
+    if isinstance(ref, VirtualRef):
+        return [ref.url] if ref.offset is None else [ref.url, ref.offset, ref.length]
+    return ref
+
+
+class StagedReferences(MutableMapping[str, Any]):
+    """A manifest with staged writes on top: the ``references`` of the filesystem.
+
+    Values read are what ``ReferenceFileSystem`` expects (bytes, ``[url]``,
+    ``[url, offset, length]``) or an :class:`ObjectRef`. Values written are bytes.
+    """
+
+    def __init__(self, base: Manifest) -> None:
+        self.base = base
+        #: key -> new bytes, or None for a deleted key
+        self.staged: dict[str, bytes | None] = {}
+
+    # -- reading -----------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.staged:
+            value = self.staged[key]
+            if value is None:
+                raise KeyError(key)
+            return value
+        ref = self.base.get(key)
+        if ref is None:
+            raise KeyError(key)
+        return _fsspec_value(ref)
+
+    async def get_async(self, key: str, afs: AsyncFileSystem) -> Any:
+        """Like ``self[key]``, loading a shard without blocking the event loop."""
+        if key in self.staged:
+            value = self.staged[key]
+            if value is None:
+                raise KeyError(key)
+            return value
+        ref = await self.base.get_async(key, afs)
+        if ref is None:
+            raise KeyError(key)
+        return _fsspec_value(ref)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        if key in self.staged:
+            return self.staged[key] is not None
+        return key in self.base
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_under(""))
+
+    def __len__(self) -> int:
+        return len(self.keys_under(""))
+
+    def keys_under(self, path: str) -> list[str]:
+        """Every key at or below ``path``, sorted (loads the shards of arrays below)."""
+        prefix = f"{path}/" if path else ""
+        keys = set(self._base_keys(path))
+        for key, value in self.staged.items():
+            if key == path or key.startswith(prefix):
+                if value is None:
+                    keys.discard(key)
+                else:
+                    keys.add(key)
+        return sorted(keys)
+
+    def _base_keys(self, path: str) -> Iterator[str]:
+        prefix = f"{path}/" if path else ""
+
+        def under(k: str) -> bool:
+            return k == path or k.startswith(prefix)
+
+        yield from (k for k in self.base.meta_keys() if under(k))
+        for array in self.base.arrays:
+            # chunks of arrays at, below or above the path
+            if under(array) or (path and path.startswith(f"{array}/" if array else "")):
+                yield from (k for k, _ in self.base.section_items(f"array:{array}") if under(k))
+
+    def list_dir(self, path: str) -> dict[str, bool]:
+        """Direct children of ``path``: name -> is it a directory."""
+        prefix = f"{path}/" if path else ""
+        children: dict[str, bool] = {}
+        for key in self._child_candidates(path):
+            if not key.startswith(prefix) or key == path:
+                continue
+            head, sep, _ = key[len(prefix) :].partition("/")
+            full = prefix + head
+            children[full] = children.get(full, False) or bool(sep)
+        return children
+
+    def _child_candidates(self, path: str) -> Iterator[str]:
+        prefix = f"{path}/" if path else ""
+        staged_deleted = {k for k, v in self.staged.items() if v is None}
+        for key in self.base.meta_keys():
+            if key not in staged_deleted:
+                yield key
+        for array in self.base.arrays:
+            if array.startswith(prefix) and array != path:
+                # the array's own folder is a child; no need to load its chunks
+                if any(k not in staged_deleted for k in self._array_keys_sample(array)):
+                    yield f"{array}/"
+            elif array == path or (path and path.startswith(f"{array}/" if array else "")):
+                for key, _ in self.base.section_items(f"array:{array}"):
+                    if key not in staged_deleted:
+                        yield key
+        for key, value in self.staged.items():
+            if value is not None:
+                yield key
+
+    def _array_keys_sample(self, array: str) -> list[str]:
+        infos = self.base.sections.get(f"array:{array}", [])
+        return [infos[0].first] if infos else []
+
+    def is_dir(self, path: str) -> bool:
+        if path == "":
+            return True
+        prefix = f"{path}/"
+        if any(k.startswith(prefix) for k, v in self.staged.items() if v is not None):
+            return True
+        if any(a == path or a.startswith(prefix) for a in self.base.arrays):
+            return bool(self.keys_under(path))
+        return any(k.startswith(prefix) and k not in self.staged for k in self.base.meta_keys())
+
+    # -- writing -----------------------------------------------------------------------
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        validate_key(key)
+        if isinstance(value, str):
+            value = value.encode()
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Only bytes can be written to key {key!r}, not {type(value)}")
+        self.staged[key] = bytes(value)
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self.staged[key] = None
+
+
+class SnapshotFileSystem(ReferenceFileSystem):
+    """fsspec filesystem over one version of a dataset; writable when not read-only.
+
+    Parameters
+    ----------
+    references
+        The manifest with its staging layer.
+    objects
+        Where warehouse objects are read from.
+    warehouse_fs
+        Filesystem for reading objects and shards (async twin when ``asynchronous``).
+    policy
+        Allowed source locations for virtual references.
+    source_options
+        fsspec options per protocol for reading virtual references.
+    read_only
+        Refuse every write with :class:`ReadOnlyError`.
+    """
+
+    protocol = "snapref"
+    cachable = False
+
+    def __init__(
+        self,
+        references: StagedReferences,
+        objects: ContentStore,
+        warehouse_fs: AsyncFileSystem,
+        policy: SourcePolicy,
+        source_options: Mapping[str, Mapping[str, Any]] | None = None,
+        read_only: bool = False,
+        asynchronous: bool = False,
+        loop: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self._staged = references
+        self._objects = objects
+        self._warehouse_fs = warehouse_fs
+        self._policy = policy
+        self._read_only = read_only
+        fss = _source_filesystems(policy.prefixes, source_options or {}, asynchronous)
+        super().__init__(fo=references, fs=fss, asynchronous=asynchronous, loop=loop, **kwargs)
+
+    @property
+    def staged(self) -> StagedReferences:
+        return self._staged
+
+    def _check_writable(self, path: str) -> None:
+        if self._read_only:
+            raise ReadOnlyError(
+                f"Cannot write {path!r}: this is a read-only view of a version. Open a "
+                "transaction (repo.transaction(...)) to make changes."
+            )
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def _cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        path = self._strip_protocol(path)
+        try:
+            value = await self._staged.get_async(path, self._warehouse_fs)
+        except KeyError as exc:
+            raise FileNotFoundError(path) from exc
+        if isinstance(value, ObjectRef):
+            data = await self._objects.get_async(self._warehouse_fs, value.digest)
+            return data[start:end]
+        if isinstance(value, bytes):
+            return value[start:end]
+        if isinstance(value, list):
+            self._policy.check(path, value[0])
+        return await super()._cat_file(path, start=start, end=end, **kwargs)
+
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
+        return sync(self.loop, self._cat_file, path, start=start, end=end, **kwargs)
+
+    def cat(
+        self, path: Any, recursive: bool = False, on_error: str = "raise", **kwargs: Any
+    ) -> Any:
+        """Read one key or many; virtual byte ranges of one file are merged into
+        fewer requests (``ReferenceFileSystem.cat``), objects are checked."""
+        if isinstance(path, str):
+            return self.cat_file(path)
+        paths = [self._strip_protocol(p) for p in path]
+        out: dict[str, Any] = {}
+        virtual = []
+        for p in paths:
+            try:
+                value = self._staged[p]
+            except KeyError:
+                if on_error == "raise":
+                    raise FileNotFoundError(p) from None
+                if on_error != "omit":
+                    out[p] = FileNotFoundError(p)
+                continue
+            if isinstance(value, ObjectRef):
+                out[p] = self._objects.verify(
+                    value.digest,
+                    self._objects.warehouse.fs.cat_file(self._objects.path(value.digest)),
+                )
+            elif isinstance(value, list):
+                self._policy.check(p, value[0])
+                virtual.append(p)
+            else:
+                out[p] = value
+        if virtual:
+            got = super().cat(virtual, on_error=on_error, **kwargs)
+            out.update(got if isinstance(got, dict) else {virtual[0]: got})
+        return out
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if "r" not in mode:
+            self._check_writable(path)
+            return super()._open(path, mode, **kwargs)
+        import io
+
+        return io.BytesIO(self.cat_file(path))
+
+    # -- listing -----------------------------------------------------------------------
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> Any:
+        path = self._strip_protocol(path).strip("/")
+        children = self._staged.list_dir(path)
+        if not children:
+            if path and path in self._staged:
+                entries = [self.info(path)]
+                return entries if detail else [path]
+            if path and not self._staged.is_dir(path):
+                raise FileNotFoundError(path)
+        names = sorted(children)
+        if not detail:
+            return names
+        return [
+            {"name": n, "type": "directory", "size": 0} if is_dir else self.info(n)
+            for n, is_dir in sorted(children.items())
+        ]
+
+    async def _ls(self, path: str, detail: bool = True, **kwargs: Any) -> Any:
+        return self.ls(path, detail, **kwargs)
+
+    def isdir(self, path: str) -> bool:
+        return self._staged.is_dir(self._strip_protocol(path).strip("/"))
+
+    def isfile(self, path: str) -> bool:
+        return self._strip_protocol(path) in self._staged
+
+    async def _isdir(self, path: str) -> bool:
+        return self.isdir(path)
+
+    async def _isfile(self, path: str) -> bool:
+        return self.isfile(path)
+
+    async def _exists(self, path: str, **kwargs: Any) -> bool:
+        return self.exists(path)
+
+    def find(
+        self,
+        path: str,
+        maxdepth: int | None = None,
+        withdirs: bool = False,
+        detail: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        if withdirs or maxdepth is not None:
+            return AsyncFileSystem.find(
+                self, path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs
+            )
+        path = self._strip_protocol(path).strip("/")
+        keys = self._staged.keys_under(path)
+        if detail:
+            return {k: self.info(k) for k in keys}
+        return keys
+
+    async def _find(
+        self, path: str, maxdepth: int | None = None, withdirs: bool = False, **kwargs: Any
+    ) -> Any:
+        if withdirs or maxdepth is not None:
+            return await super(ReferenceFileSystem, self)._find(
+                path, maxdepth=maxdepth, withdirs=withdirs, **kwargs
+            )
+        return self.find(path, **kwargs)
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path).strip("/")
+        try:
+            value = self._staged[path]
+        except KeyError:
+            if self._staged.is_dir(path):
+                return {"name": path, "type": "directory", "size": 0}
+            raise FileNotFoundError(path) from None
+        if isinstance(value, ObjectRef):
+            size = value.size
+        elif isinstance(value, list):
+            size = value[2] if len(value) == 3 else None
+            if size is None:
+                self._policy.check(path, value[0])
+                size = self.fss[get_protocol(value[0])].size(value[0])
+        else:
+            size = len(value)
+        return {"name": path, "type": "file", "size": size}
+
+    async def _info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path).strip("/")
+        try:
+            value = await self._staged.get_async(path, self._warehouse_fs)
+        except KeyError:
+            return self.info(path)
+        if isinstance(value, list) and len(value) == 1:
+            self._policy.check(path, value[0])
+            fs = self.fss[get_protocol(value[0])]
+            return {"name": path, "type": "file", "size": await fs._size(value[0])}
+        return self.info(path)
+
+    # -- writes (staged) ---------------------------------------------------------------
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        sync(self.loop, self._pipe_file, path, value, mode=mode)
+
+    async def _pipe_file(
+        self, path: str, data: bytes, mode: str = "overwrite", **kwargs: Any
+    ) -> None:
+        path = self._strip_protocol(path)
+        self._check_writable(path)
+        if mode == "create" and path in self._staged:
+            raise FileExistsError(path)
+        self._staged[path] = data
+
+    async def _put_file(
+        self, lpath: str, rpath: str, mode: str = "overwrite", **kwargs: Any
+    ) -> None:
+        with open(lpath, "rb") as f:
+            await self._pipe_file(rpath, f.read(), mode=mode)
+
+    async def _rm_file(self, path: str, **kwargs: Any) -> None:
+        path = self._strip_protocol(path)
+        self._check_writable(path)
+        self._staged.pop(path, None)
+
+    async def _rm(self, path: Any, recursive: bool = False, **kwargs: Any) -> None:
+        paths = [path] if isinstance(path, str) else list(path)
+        for p in paths:
+            p = self._strip_protocol(p).strip("/")
+            self._check_writable(p)
+            if p in self._staged:
+                self._staged.pop(p, None)
+            elif self._staged.is_dir(p):
+                if not recursive:
+                    raise IsADirectoryError(p)
+                for key in self._staged.keys_under(p):
+                    self._staged.pop(key, None)
+            else:
+                raise FileNotFoundError(p)
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        sync(self.loop, self._rm, path, recursive=recursive)
+
+    def save_json(self, url: str, **storage_options: Any) -> None:
+        raise NotImplementedError(
+            "Use Repository.checkout(...) to export a version as a reference set"
+        )
+
+
+def _source_filesystems(
+    prefixes: tuple[str, ...],
+    options: Mapping[str, Mapping[str, Any]],
+    asynchronous: bool,
+) -> dict[str | None, AsyncFileSystem]:
+    """One filesystem per protocol of the allowed sources, async-capable."""
+    protocols = {get_protocol(p) for p in prefixes} | {"file"}
+    fss: dict[str | None, AsyncFileSystem] = {}
+    for proto in protocols:
+        opts = dict(options.get(proto, {}))
+        cls = fsspec.get_filesystem_class(proto)
+        if cls.async_impl:
+            fs = cls(**opts, asynchronous=asynchronous, skip_instance_cache=True)
+        else:
+            fs = AsyncFileSystemWrapper(cls(**opts), asynchronous=asynchronous)
+        fss[proto] = fs
+    fss[None] = fss["file"]
+    return fss

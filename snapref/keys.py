@@ -1,0 +1,102 @@
+"""Rules for the keys of a dataset: which are safe, which are metadata, which are chunks.
+
+A key is a ``/``-separated path relative to the dataset root, as zarr and kerchunk use
+them: ``.zgroup``, ``temp/.zarray``, ``temp/3.4``, ``temp/zarr.json``, ``temp/c/3/4``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import ujson
+
+from snapref.errors import InvalidKeyError
+
+__all__ = [
+    "METADATA_NAMES",
+    "array_path_of",
+    "chunk_coords",
+    "is_metadata_key",
+    "node_path",
+    "validate_key",
+]
+
+#: File names that hold zarr metadata (v2 and v3). They are small JSON documents kept
+#: inline in the manifest; everything else under an array is a chunk.
+METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe dataset-relative key, else raise.
+
+    Raises
+    ------
+    InvalidKeyError
+        If the key is empty, absolute, contains a backslash or NUL, has empty
+        components (``a//b``) or ``.``/``..`` components that could escape the dataset.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError(f"Invalid key {key!r}: keys must be non-empty strings")
+    if key.startswith("/"):
+        raise InvalidKeyError(
+            f"Invalid key {key!r}: keys are relative to the dataset root; remove the leading '/'"
+        )
+    if "\\" in key or "\x00" in key:
+        raise InvalidKeyError(f"Invalid key {key!r}: backslashes and NUL are not allowed")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidKeyError(
+                f"Invalid key {key!r}: empty, '.' and '..' path components are not "
+                "allowed (a key may not escape its dataset)"
+            )
+    return key
+
+
+def is_metadata_key(key: str) -> bool:
+    """True for zarr metadata documents (``.zarray``, ``zarr.json``, ...)."""
+    return posixpath.basename(key) in METADATA_NAMES
+
+
+def node_path(key: str) -> str:
+    """The group or array path a metadata key belongs to (``""`` for the root)."""
+    return posixpath.dirname(key)
+
+
+def array_path_of(key: str, value: bytes) -> str | None:
+    """If ``key``/``value`` is the metadata document of an array, return the array's path.
+
+    ``.zarray`` always describes an array (zarr v2); ``zarr.json`` does when its
+    ``node_type`` is ``"array"`` (zarr v3). Unreadable JSON is not an array: such a key
+    is then kept like any other file, and zarr will report the problem when read.
+    """
+    name = posixpath.basename(key)
+    if name == ".zarray":
+        return node_path(key)
+    if name == "zarr.json":
+        try:
+            doc = ujson.loads(value)
+        except ValueError:
+            return None
+        if isinstance(doc, dict) and doc.get("node_type") == "array":
+            return node_path(key)
+    return None
+
+
+def chunk_coords(array: str, key: str) -> tuple[int, ...] | None:
+    """Chunk grid coordinates of ``key`` inside array ``array``, or None if not a chunk.
+
+    Understands the zarr v2 encodings (``3.4``, ``3/4``, ``0`` for 0-d arrays) and the
+    v3 ones (``c/3/4``, ``c.3.4``, ``c`` for 0-d arrays, and v2-style keys).
+    """
+    prefix = f"{array}/" if array else ""
+    if not key.startswith(prefix):
+        return None
+    rest = key[len(prefix) :]
+    if rest == "c":
+        return ()
+    if rest.startswith(("c/", "c.")):
+        rest = rest[2:]
+    parts = rest.replace("/", ".").split(".")
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)

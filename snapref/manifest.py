@@ -1,0 +1,504 @@
+"""Manifests: the full key -> reference map of one snapshot, stored in shards.
+
+A manifest is split into *sections*: one ``meta`` section for every key that is not a
+chunk (zarr metadata documents and any other file), and one section per array for
+that array's chunk keys. Each section is a sorted run of references cut into
+*shards* of at most :data:`MAX_SHARD_REFS` entries; chunk keys sort by their chunk
+grid coordinates, so neighbouring chunks (and appended ones) share shards.
+
+Shards are parquet files and the section list is a small JSON *manifest list*; both
+are content-addressed (:mod:`snapref.objects`), so a snapshot that changes one chunk
+rewrites one shard and one manifest list, and reuses every other shard as is
+(invariant 3). Reading a key loads only the shard that holds it.
+
+The parquet schema of a shard (see ``catalog_schemas/manifest-v1.md``):
+
+======  =========  ==========================================================
+column  type       meaning
+======  =========  ==========================================================
+key     string     dataset-relative key, e.g. ``temp/3.4``
+kind    int8       0 inline bytes, 1 warehouse object, 2 virtual reference
+data    binary     the bytes of an inline reference
+digest  string     SHA-256 of a warehouse object
+url     string     target of a virtual reference (dictionary encoded)
+offset  int64      byte offset of a virtual reference (null: whole file)
+length  int64      byte length (inline and object: size; virtual: range length)
+======  =========  ==========================================================
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ujson
+from fsspec.asyn import AsyncFileSystem
+
+from snapref.errors import InvalidReferenceError
+from snapref.keys import array_path_of, chunk_coords, is_metadata_key
+from snapref.objects import PutResult, Warehouse, content_hash
+
+__all__ = [
+    "MAX_SHARD_REFS",
+    "InlineRef",
+    "Manifest",
+    "ManifestWriter",
+    "ObjectRef",
+    "Ref",
+    "VirtualRef",
+]
+
+#: Upper bound of references per shard. A commit of one chunk rewrites one shard of at
+#: most this many entries, whatever the size of the dataset.
+MAX_SHARD_REFS = 5000
+
+MANIFEST_FORMAT = 1
+META = "meta"
+
+
+@dataclass(frozen=True, slots=True)
+class InlineRef:
+    """Bytes kept in the manifest itself (zarr metadata documents)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """A chunk stored in the warehouse as an immutable object named by its SHA-256."""
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualRef:
+    """A byte range of a file outside the warehouse (``offset=None``: whole file)."""
+
+    url: str
+    offset: int | None = None
+    length: int | None = None
+
+
+Ref = InlineRef | ObjectRef | VirtualRef
+
+_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("kind", pa.int8()),
+        ("data", pa.binary()),
+        ("digest", pa.string()),
+        ("url", pa.string()),
+        ("offset", pa.int64()),
+        ("length", pa.int64()),
+    ]
+)
+_INLINE, _OBJECT, _VIRTUAL = 0, 1, 2
+
+
+# -- shards ----------------------------------------------------------------------------
+
+
+def encode_shard(entries: list[tuple[str, Ref]]) -> bytes:
+    """Parquet bytes of a shard holding ``entries`` (already in section order)."""
+    cols: dict[str, list[Any]] = {name: [] for name in _SCHEMA.names}
+    for key, ref in entries:
+        cols["key"].append(key)
+        if isinstance(ref, InlineRef):
+            row = (_INLINE, ref.data, None, None, None, len(ref.data))
+        elif isinstance(ref, ObjectRef):
+            row = (_OBJECT, None, ref.digest, None, None, ref.size)
+        else:
+            row = (_VIRTUAL, None, None, ref.url, ref.offset, ref.length)
+        for name, value in zip(_SCHEMA.names[1:], row, strict=True):
+            cols[name].append(value)
+    table = pa.table(cols, schema=_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(
+        table,
+        buf,
+        compression="zstd",
+        use_dictionary=["url", "digest"],
+        write_statistics=False,
+        store_schema=False,
+    )
+    return buf.getvalue()
+
+
+class Shard:
+    """One loaded shard: an ordered key -> reference map."""
+
+    __slots__ = ("_index", "_rows")
+
+    def __init__(self, table: pa.Table) -> None:
+        self._rows = list(
+            zip(*(table.column(name).to_pylist() for name in _SCHEMA.names), strict=True)
+        )
+        self._index = {row[0]: i for i, row in enumerate(self._rows)}
+
+    @classmethod
+    def decode(cls, data: bytes) -> Shard:
+        return cls(pq.read_table(io.BytesIO(data)))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: str) -> Ref | None:
+        i = self._index.get(key)
+        return None if i is None else _ref_of_row(self._rows[i])
+
+    def keys(self) -> list[str]:
+        return [row[0] for row in self._rows]
+
+    def items(self) -> Iterator[tuple[str, Ref]]:
+        for row in self._rows:
+            yield row[0], _ref_of_row(row)
+
+
+def _ref_of_row(row: tuple[Any, ...]) -> Ref:
+    _, kind, data, digest, url, offset, length = row
+    if kind == _INLINE:
+        return InlineRef(data)
+    if kind == _OBJECT:
+        return ObjectRef(digest, length)
+    return VirtualRef(url, offset, length)
+
+
+class _ShardCache:
+    """Process-wide LRU of decoded shards, keyed by content digest (safe to share:
+    the same digest always means the same bytes)."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Shard] = OrderedDict()
+
+    def get(self, digest: str) -> Shard | None:
+        shard = self._items.get(digest)
+        if shard is not None:
+            self._items.move_to_end(digest)
+        return shard
+
+    def put(self, digest: str, shard: Shard) -> None:
+        self._items[digest] = shard
+        self._items.move_to_end(digest)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+
+SHARD_CACHE = _ShardCache()
+
+
+# -- section ordering --------------------------------------------------------------
+
+
+def _sort_key(section: str, key: str) -> tuple[Any, ...]:
+    """Order of ``key`` within ``section``: grid coordinates for chunks, text otherwise."""
+    if section == META:
+        return ((), key)
+    coords = chunk_coords(section[len("array:") :], key)
+    return (coords or (), key)
+
+
+def _array_section(array: str) -> str:
+    return f"array:{array}"
+
+
+# -- manifests -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    digest: str
+    count: int
+    first: str
+    last: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digest": self.digest, "count": self.count, "first": self.first, "last": self.last}
+
+
+class Manifest(Mapping[str, Ref]):
+    """The read-only, lazily loaded key -> reference map of one snapshot.
+
+    Only the manifest list is read up front; a shard is read the first time one of its
+    keys is needed.
+    """
+
+    def __init__(self, warehouse: Warehouse, doc: Mapping[str, Any], digest: str | None) -> None:
+        self.warehouse = warehouse
+        self.digest = digest
+        self.shards = warehouse.content("shards", ".parquet")
+        self.sections: dict[str, list[ShardInfo]] = {
+            name: [ShardInfo(**s) for s in shards] for name, shards in doc["sections"].items()
+        }
+        self.arrays: frozenset[str] = frozenset(doc["arrays"])
+        self._firsts = {
+            name: [_sort_key(name, s.first) for s in infos] for name, infos in self.sections.items()
+        }
+
+    @classmethod
+    def empty(cls, warehouse: Warehouse) -> Manifest:
+        return cls(warehouse, {"format": MANIFEST_FORMAT, "arrays": [], "sections": {}}, None)
+
+    @classmethod
+    def load(cls, warehouse: Warehouse, digest: str) -> Manifest:
+        """Read the manifest list named ``digest`` (verified) from the warehouse."""
+        data = warehouse.content("manifests", ".json").get(digest)
+        return cls(warehouse, ujson.loads(data), digest)
+
+    def to_json(self) -> dict[str, Any]:
+        return _manifest_doc(self.arrays, self.sections)
+
+    # -- locating keys -----------------------------------------------------------------
+
+    def section_of(self, key: str, arrays: frozenset[str] | None = None) -> str:
+        """Which section ``key`` belongs to, given the set of array paths."""
+        arrays = self.arrays if arrays is None else arrays
+        return section_of(key, arrays)
+
+    def _shard_info(self, key: str) -> ShardInfo | None:
+        section = self.section_of(key)
+        infos = self.sections.get(section)
+        if not infos:
+            return None
+        i = max(bisect.bisect_right(self._firsts[section], _sort_key(section, key)) - 1, 0)
+        return infos[i]
+
+    def _load(self, info: ShardInfo) -> Shard:
+        shard = SHARD_CACHE.get(info.digest)
+        if shard is None:
+            shard = Shard.decode(self.shards.get(info.digest))
+            SHARD_CACHE.put(info.digest, shard)
+        return shard
+
+    async def _load_async(self, info: ShardInfo, afs: AsyncFileSystem) -> Shard:
+        shard = SHARD_CACHE.get(info.digest)
+        if shard is None:
+            shard = Shard.decode(await self.shards.get_async(afs, info.digest))
+            SHARD_CACHE.put(info.digest, shard)
+        return shard
+
+    # -- Mapping -------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        info = self._shard_info(key)
+        if info is None:
+            return default
+        ref = self._load(info).get(key)
+        return default if ref is None else ref
+
+    async def get_async(self, key: str, afs: AsyncFileSystem) -> Ref | None:
+        """Like :meth:`get`, loading a missing shard through ``afs`` without blocking."""
+        info = self._shard_info(key)
+        if info is None:
+            return None
+        return (await self._load_async(info, afs)).get(key)
+
+    def __getitem__(self, key: str) -> Ref:
+        ref = self.get(key)
+        if ref is None:
+            raise KeyError(key)
+        return ref
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __len__(self) -> int:
+        return sum(s.count for infos in self.sections.values() for s in infos)
+
+    def __iter__(self) -> Iterator[str]:
+        for _, infos in sorted(self.sections.items()):
+            for info in infos:
+                yield from self._load(info).keys()
+
+    def section_items(self, section: str) -> Iterator[tuple[str, Ref]]:
+        """Every entry of one section, in order (loads that section's shards)."""
+        for info in self.sections.get(section, []):
+            yield from self._load(info).items()
+
+    def meta_keys(self) -> list[str]:
+        """Every key of the ``meta`` section: zarr metadata and non-chunk files."""
+        return [k for k, _ in self.section_items(META)]
+
+    def array_count(self, array: str) -> int:
+        """Number of chunk references of ``array``."""
+        return sum(s.count for s in self.sections.get(_array_section(array), []))
+
+
+def _manifest_doc(
+    arrays: frozenset[str], sections: Mapping[str, list[ShardInfo]]
+) -> dict[str, Any]:
+    return {
+        "format": MANIFEST_FORMAT,
+        "arrays": sorted(arrays),
+        "sections": {
+            name: [s.to_json() for s in infos] for name, infos in sorted(sections.items())
+        },
+    }
+
+
+def section_of(key: str, arrays: frozenset[str]) -> str:
+    """Section of ``key``: its array's, if it is a chunk of one, else ``meta``."""
+    if is_metadata_key(key):
+        return META
+    path = key
+    while True:
+        path = path.rpartition("/")[0] if "/" in path else ""
+        if path in arrays and chunk_coords(path, key) is not None:
+            return _array_section(path)
+        if not path:
+            return META
+
+
+# -- writing new manifests ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """A new manifest and what writing it cost."""
+
+    manifest: Manifest
+    shards_written: int
+    bytes_written: int
+
+
+class ManifestWriter:
+    """Builds the manifest of a new snapshot from a base manifest plus changes.
+
+    Only the shards that hold changed keys are read and rewritten; every other shard
+    of the base is reused by digest.
+    """
+
+    def __init__(self, base: Manifest, max_refs: int = MAX_SHARD_REFS) -> None:
+        self.base = base
+        self.max_refs = max_refs
+
+    def write(self, changes: Mapping[str, Ref | None]) -> WriteResult:
+        """Apply ``changes`` (``None`` deletes a key) and store the result.
+
+        Returns the new manifest; writes nothing when the result equals the base.
+        """
+        base = self.base
+        arrays = _arrays_after(base, changes)
+        by_section = _changes_by_section(base, arrays, changes)
+        sections = {name: list(infos) for name, infos in base.sections.items()}
+        for array in base.arrays - arrays:
+            sections.pop(_array_section(array), None)  # its entries were moved to other sections
+        new_shards: dict[str, bytes] = {}
+        for name, section_changes in by_section.items():
+            sections[name] = self._rewrite_section(name, section_changes, new_shards)
+            if not sections[name]:
+                del sections[name]
+        doc = _manifest_doc(arrays, sections)
+        data = ujson.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
+        digest = content_hash(data)
+        if digest == base.digest:
+            return WriteResult(base, 0, 0)
+        shard_result = base.shards.put_many(new_shards)
+        list_result: PutResult = base.warehouse.content("manifests", ".json").put_many(
+            {digest: data}
+        )
+        manifest = Manifest(base.warehouse, doc, digest)
+        return WriteResult(
+            manifest,
+            shard_result.written,
+            shard_result.bytes_written + list_result.bytes_written,
+        )
+
+    def _rewrite_section(
+        self, name: str, changes: dict[str, Ref | None], out: dict[str, bytes]
+    ) -> list[ShardInfo]:
+        infos = list(self.base.sections.get(name, []))
+        firsts = [_sort_key(name, s.first) for s in infos]
+        # group the changed keys by the shard that holds (or would hold) them
+        groups: dict[int, dict[str, Ref | None]] = {}
+        for key, ref in changes.items():
+            i = max(bisect.bisect_right(firsts, _sort_key(name, key)) - 1, 0) if infos else 0
+            groups.setdefault(i, {})[key] = ref
+        result: list[ShardInfo] = []
+        for i in range(max(len(infos), 1)):
+            if i not in groups:
+                if i < len(infos):
+                    result.append(infos[i])
+                continue
+            entries = dict(self.base._load(infos[i]).items()) if i < len(infos) else {}
+            for key, ref in groups[i].items():
+                if ref is None:
+                    entries.pop(key, None)
+                else:
+                    entries[key] = ref
+            ordered = sorted(entries.items(), key=lambda kv: _sort_key(name, kv[0]))
+            for start in range(0, len(ordered), self.max_refs):
+                piece = ordered[start : start + self.max_refs]
+                data = encode_shard(piece)
+                digest = content_hash(data)
+                out[digest] = data
+                result.append(ShardInfo(digest, len(piece), piece[0][0], piece[-1][0]))
+        return result
+
+
+def _arrays_after(base: Manifest, changes: Mapping[str, Ref | None]) -> frozenset[str]:
+    """Array paths of the new state: the base's, updated by changed metadata keys."""
+    arrays = set(base.arrays)
+    for key, ref in changes.items():
+        if not is_metadata_key(key) or key.rpartition("/")[2] not in (".zarray", "zarr.json"):
+            continue
+        path = key.rpartition("/")[0]
+        if ref is None:
+            # deleting zarr.json/.zarray of an array makes it no array, unless the
+            # other format's metadata remains
+            other = (
+                path
+                + ("/" if path else "")
+                + (".zarray" if key.endswith("zarr.json") else "zarr.json")
+            )
+            if changes.get(other, base.get(other)) is None:
+                arrays.discard(path)
+            continue
+        if not isinstance(ref, InlineRef):
+            raise InvalidReferenceError(
+                f"Metadata key {key!r} must hold inline JSON, not a reference to {ref!r}"
+            )
+        if array_path_of(key, ref.data) is not None:
+            arrays.add(path)
+        elif key.endswith("zarr.json"):
+            arrays.discard(path)
+    return frozenset(arrays)
+
+
+def _changes_by_section(
+    base: Manifest, arrays: frozenset[str], changes: Mapping[str, Ref | None]
+) -> dict[str, dict[str, Ref | None]]:
+    """Changes grouped by section, plus the moves that a change of arrays requires.
+
+    Chunks of an array that is no longer an array move to the ``meta`` section; files
+    under a new array's path that look like its chunks move into its section.
+    """
+    out: dict[str, dict[str, Ref | None]] = {}
+
+    def put(key: str, ref: Ref | None) -> None:
+        new = section_of(key, arrays)
+        out.setdefault(new, {})[key] = ref
+        old = section_of(key, base.arrays)
+        if old != new and old in base.sections:
+            out.setdefault(old, {}).setdefault(key, None)
+
+    for key, ref in changes.items():
+        put(key, ref)
+    for array in base.arrays - arrays:
+        for key, ref in base.section_items(_array_section(array)):
+            if key not in changes:
+                put(key, ref)
+    if arrays - base.arrays:
+        for key, ref in base.section_items(META):
+            if key not in changes and section_of(key, arrays) != META:
+                put(key, ref)
+    # removed arrays' sections are dropped whole; no need to delete from them
+    removed = {_array_section(a) for a in base.arrays - arrays}
+    return {name: ch for name, ch in out.items() if name not in removed}

@@ -1,0 +1,238 @@
+"""Content-addressed, immutable storage in the warehouse (invariant 1).
+
+Everything snapref writes to the warehouse — chunk objects, manifest shards, manifest
+lists — is stored under the SHA-256 of its bytes and never changed afterwards. Writing
+bytes that are stored already writes nothing. Reading checks the bytes against their
+name, so a damaged or tampered file is an :class:`~snapref.errors.IntegrityError`,
+never wrong data (invariant 7).
+
+Layout, relative to the warehouse root::
+
+    objects/ab/cdef...            chunk payloads
+    shards/ab/cdef....parquet     manifest shards
+    manifests/ab/cdef....json     manifest lists (one per distinct snapshot state)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.asyn import AsyncFileSystem, sync
+from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+from fsspec.implementations.local import LocalFileSystem
+
+from snapref.errors import IntegrityError
+
+__all__ = ["ContentStore", "Warehouse", "content_hash"]
+
+#: How many requests one batch keeps in flight against remote storage.
+MAX_CONCURRENCY = 64
+
+
+def content_hash(data: bytes) -> str:
+    """The name of ``data`` in the warehouse: its SHA-256, as 64 hex digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class Warehouse:
+    """Where a repository keeps its immutable files: any fsspec URL.
+
+    Parameters
+    ----------
+    url
+        ``/local/path``, ``file:///...``, ``s3://bucket/prefix``, ``memory://...``.
+    storage_options
+        Passed to fsspec (credentials, ``endpoint_url``, ...). Never persisted.
+    """
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.storage_options = dict(storage_options or {})
+        self.fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
+        self.root = root.rstrip("/")
+        self.protocol = _protocol(self.fs)
+        self.url = self.fs.unstrip_protocol(self.root)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Warehouse({self.url!r})"
+
+    def path(self, *parts: str) -> str:
+        """Path (without protocol) of ``parts`` under the warehouse root."""
+        return "/".join([self.root, *parts])
+
+    def async_fs(self) -> AsyncFileSystem:
+        """A fresh asynchronous twin of :attr:`fs`, for use inside an event loop.
+
+        A new instance each time: async filesystems bind to the loop they first run
+        in, and zarr runs its own loop.
+        """
+        if self.fs.async_impl:
+            cls = type(self.fs)
+            return cls(
+                **{**self.storage_options, "asynchronous": True, "skip_instance_cache": True}
+            )
+        return AsyncFileSystemWrapper(self.fs, asynchronous=True)
+
+    def fs_for(self, asynchronous: bool) -> AsyncFileSystem:
+        """The warehouse filesystem with async methods: :meth:`async_fs` for use in
+        another event loop, else :attr:`fs` itself (wrapped if it is not async)."""
+        if asynchronous:
+            return self.async_fs()
+        if self.fs.async_impl:
+            return self.fs
+        return AsyncFileSystemWrapper(self.fs, asynchronous=False)
+
+    def content(self, kind: str, suffix: str = "") -> ContentStore:
+        """The content-addressed store of one kind: objects, shards or manifests."""
+        return ContentStore(self, kind, suffix)
+
+
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    proto = fs.protocol
+    return proto[0] if isinstance(proto, tuple) else proto
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """What a batch of :meth:`ContentStore.put_many` did."""
+
+    written: int
+    bytes_written: int
+
+
+class ContentStore:
+    """Immutable files of one kind, named by the SHA-256 of their bytes."""
+
+    def __init__(self, warehouse: Warehouse, kind: str, suffix: str = "") -> None:
+        self.warehouse = warehouse
+        self.kind = kind
+        self.suffix = suffix
+
+    def path(self, digest: str) -> str:
+        """Filesystem path of the file named ``digest``."""
+        return self.warehouse.path(self.kind, digest[:2], digest[2:] + self.suffix)
+
+    def url(self, digest: str) -> str:
+        """Full URL (with protocol) of the file named ``digest``; what exports point at."""
+        return self.warehouse.fs.unstrip_protocol(self.path(digest))
+
+    def digest_of_url(self, url: str) -> str | None:
+        """Inverse of :meth:`url`: the digest if ``url`` names a file of this store."""
+        prefix = self.warehouse.fs.unstrip_protocol(self.warehouse.path(self.kind)) + "/"
+        if not url.startswith(prefix):
+            return None
+        rest = url[len(prefix) :]
+        if self.suffix:
+            if not rest.endswith(self.suffix):
+                return None
+            rest = rest[: -len(self.suffix)]
+        head, _, tail = rest.partition("/")
+        digest = head + tail
+        if len(head) != 2 or len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            return None
+        return digest
+
+    # -- writing ---------------------------------------------------------------------
+
+    def put(self, data: bytes) -> tuple[str, bool]:
+        """Store ``data``; return its digest and whether anything was written."""
+        digest = content_hash(data)
+        result = self.put_many({digest: data})
+        return digest, result.written > 0
+
+    def put_many(self, items: Mapping[str, bytes]) -> PutResult:
+        """Store every ``digest -> bytes`` pair not stored yet.
+
+        The caller computed the digests with :func:`content_hash`. Files that exist
+        already are not written again (invariant 1). Local files are written to a
+        temporary name and renamed, so a crash never leaves a partial file under a
+        content name.
+        """
+        if not items:
+            return PutResult(0, 0)
+        paths = {self.path(d): d for d in items}
+        present = self._exists_many(list(paths))
+        todo = {p: items[d] for p, d in paths.items() if p not in present}
+        if self.warehouse.is_local:
+            for p, data in todo.items():
+                _atomic_write_local(p, data)
+        elif todo:
+            self.warehouse.fs.pipe(todo)
+        return PutResult(len(todo), sum(len(b) for b in todo.values()))
+
+    def _exists_many(self, paths: list[str]) -> set[str]:
+        fs = self.warehouse.fs
+        if self.warehouse.is_local:
+            return {p for p in paths if os.path.exists(p)}
+        if fs.async_impl:
+
+            async def check() -> list[bool]:
+                sem = asyncio.Semaphore(MAX_CONCURRENCY)
+
+                async def one(p: str) -> bool:
+                    async with sem:
+                        return bool(await fs._exists(p))
+
+                return await asyncio.gather(*(one(p) for p in paths))
+
+            flags = sync(fs.loop, check)
+            return {p for p, ok in zip(paths, flags, strict=True) if ok}
+        return {p for p in paths if fs.exists(p)}
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, digest: str) -> bytes:
+        """The verified bytes of ``digest``.
+
+        Raises
+        ------
+        FileNotFoundError
+            If no such file is stored.
+        IntegrityError
+            If the stored bytes do not hash to ``digest``.
+        """
+        return self.verify(digest, self.warehouse.fs.cat_file(self.path(digest)))
+
+    def get_many(self, digests: Iterable[str]) -> dict[str, bytes]:
+        """Verified bytes of several files, fetched concurrently where the fs allows."""
+        digests = list(dict.fromkeys(digests))
+        paths = [self.path(d) for d in digests]
+        data = self.warehouse.fs.cat(paths) if paths else {}
+        if len(paths) == 1 and not isinstance(data, dict):
+            data = {paths[0]: data}
+        return {d: self.verify(d, data[p]) for d, p in zip(digests, paths, strict=True)}
+
+    async def get_async(self, afs: AsyncFileSystem, digest: str) -> bytes:
+        """Like :meth:`get`, through an asynchronous filesystem from ``async_fs()``."""
+        return self.verify(digest, await afs._cat_file(self.path(digest)))
+
+    def verify(self, digest: str, data: bytes) -> bytes:
+        """Return ``data`` if it hashes to ``digest``; raise IntegrityError otherwise."""
+        actual = content_hash(data)
+        if actual != digest:
+            raise IntegrityError(
+                f"{self.kind} {self.url(digest)} is damaged: its bytes hash to {actual}, "
+                f"not {digest}. Restore the file from a backup or re-commit the data."
+            )
+        return data
+
+
+def _atomic_write_local(path: str, data: bytes) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,235 @@
+"""kerchunk reference sets in and out: JSON versions 0 and 1 (invariant 4).
+
+A reference set maps each key to inline data (a string, ``base64:``-prefixed for
+binary) or to ``[url]`` / ``[url, offset, length]``. Version 1 wraps the map in
+``{"version": 1, "refs": ..., "templates": ..., "gen": ...}``; templates and
+generators are expanded on import, so a manifest only ever holds plain references.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+import posixpath
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import fsspec
+import ujson
+
+from snapref.errors import InvalidReferenceError
+from snapref.keys import validate_key
+from snapref.manifest import VirtualRef
+
+__all__ = [
+    "decode_inline",
+    "encode_inline",
+    "load_reference_file",
+    "normalize_url",
+    "parse_references",
+    "source_prefix",
+]
+
+#: What a parsed entry is: inline bytes or a reference to an outside file.
+Parsed = bytes | VirtualRef
+
+
+def load_reference_file(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
+    """Read a kerchunk JSON reference file from any fsspec URL.
+
+    Raises
+    ------
+    InvalidReferenceError
+        If the file is missing or is not JSON.
+    """
+    try:
+        with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
+            data = f.read()
+    except FileNotFoundError as exc:
+        raise InvalidReferenceError(f"Reference file {url!r} does not exist") from exc
+    try:
+        return ujson.loads(data)
+    except ValueError as exc:
+        raise InvalidReferenceError(
+            f"Reference file {url!r} is not valid JSON ({exc}); expected a kerchunk reference set"
+        ) from exc
+
+
+def decode_inline(key: str, value: str) -> bytes:
+    """Bytes of an inline JSON value (``base64:`` prefix for binary data)."""
+    if value.startswith("base64:"):
+        try:
+            return base64.b64decode(value[7:], validate=True)
+        except ValueError as exc:
+            raise InvalidReferenceError(f"Key {key!r} holds invalid base64 data") from exc
+    return value.encode()
+
+
+def encode_inline(data: bytes) -> str:
+    """Inverse of :func:`decode_inline`: text when it is ASCII, else ``base64:``."""
+    if not data.startswith(b"base64:"):
+        try:
+            return data.decode("ascii")
+        except UnicodeDecodeError:
+            pass
+    return "base64:" + base64.b64encode(data).decode()
+
+
+def normalize_url(url: str, base: str | None = None) -> str:
+    """A comparable form of a reference URL: local paths become ``file://`` URLs.
+
+    Relative local paths are resolved against ``base`` (the folder of the reference
+    file); without one they are an error, since they would mean different files from
+    different working directories.
+    """
+    if "://" in url or url.startswith(("memory:", "file:")):
+        if url.startswith("file:") and not url.startswith("file://"):
+            url = "file://" + url[5:]
+        return url
+    if not posixpath.isabs(url):
+        if base is None:
+            raise InvalidReferenceError(
+                f"Reference URL {url!r} is a relative path; make it absolute, or import "
+                "the reference file by its path so snapref can resolve it"
+            )
+        url = posixpath.join(base, url)
+    return "file://" + posixpath.normpath(os.path.abspath(url))
+
+
+def source_prefix(url: str) -> str:
+    """The allowed-source prefix an imported URL grants: its folder, with a slash."""
+    return url.rsplit("/", 1)[0] + "/"
+
+
+def parse_references(refs: Any, base: str | None = None) -> dict[str, Parsed]:
+    """Validate and expand a kerchunk reference set.
+
+    Parameters
+    ----------
+    refs
+        A decoded JSON reference set (version 0 or 1).
+    base
+        Folder that relative local paths in it are relative to, if any.
+
+    Returns
+    -------
+    dict
+        key -> inline bytes, or key -> :class:`~snapref.manifest.VirtualRef` with a
+        normalized URL.
+
+    Raises
+    ------
+    InvalidReferenceError
+        Naming the first malformed entry.
+    InvalidKeyError
+        For a key that is absolute or contains ``..``.
+    """
+    if not isinstance(refs, Mapping):
+        raise InvalidReferenceError(
+            f"A reference set must be a JSON object, not {type(refs).__name__}"
+        )
+    version = refs.get("version")
+    if version is None:
+        entries: Mapping[str, Any] = refs
+        templates: Mapping[str, str] = {}
+        gens: list[Any] = []
+    elif version == 1:
+        entries = refs.get("refs", {})
+        templates = refs.get("templates", {}) or {}
+        gens = refs.get("gen", []) or []
+        if not isinstance(entries, Mapping) or not isinstance(templates, Mapping):
+            raise InvalidReferenceError("'refs' and 'templates' must be JSON objects")
+    else:
+        raise InvalidReferenceError(
+            f"Unknown reference set version {version!r}; snapref reads versions 0 and 1"
+        )
+    out: dict[str, Parsed] = {}
+    for key, value in itertools.chain(entries.items(), _expand_gen(gens, templates)):
+        validate_key(key)
+        out[key] = _parse_entry(key, value, templates, base)
+    return out
+
+
+def _parse_entry(key: str, value: Any, templates: Mapping[str, str], base: str | None) -> Parsed:
+    if isinstance(value, str):
+        return decode_inline(key, value)
+    if isinstance(value, dict):  # version 0 allows JSON documents inline
+        return ujson.dumps(value).encode()
+    if isinstance(value, list) and len(value) in (1, 3):
+        url = value[0]
+        if not isinstance(url, str) or not url:
+            raise InvalidReferenceError(f"Key {key!r}: the URL must be a non-empty string")
+        url = _render(url, templates)
+        if len(value) == 1:
+            return VirtualRef(normalize_url(url, base))
+        offset, length = value[1], value[2]
+        if not (_is_count(offset) and _is_count(length)):
+            raise InvalidReferenceError(
+                f"Key {key!r}: offset and length must be non-negative integers, "
+                f"got {offset!r} and {length!r}"
+            )
+        return VirtualRef(normalize_url(url, base), int(offset), int(length))
+    raise InvalidReferenceError(
+        f"Key {key!r}: a reference must be a string or [url] or [url, offset, length], "
+        f"got {value!r}"
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _render(text: str, variables: Mapping[str, Any]) -> str:
+    if "{{" not in text:
+        return text
+    if all(isinstance(v, str) and "{{" not in v for v in variables.values()):
+        # kerchunk writes only simple templates like "{{u}}": plain substitution
+        out = text
+        for name, value in variables.items():
+            out = out.replace("{{" + name + "}}", str(value)).replace(
+                "{{ " + name + " }}", str(value)
+            )
+        if "{{" not in out:
+            return out
+    import jinja2.sandbox
+
+    return jinja2.sandbox.SandboxedEnvironment().from_string(text).render(**variables)
+
+
+def _expand_gen(gens: Iterable[Any], templates: Mapping[str, str]) -> Iterable[tuple[str, Any]]:
+    """Entries of the ``gen`` section: one per point of each generator's dimensions."""
+    for gen in gens:
+        try:
+            dims = {
+                name: (
+                    spec
+                    if isinstance(spec, list)
+                    else range(spec.get("start", 0), spec["stop"], spec.get("step", 1))
+                )
+                for name, spec in gen["dimensions"].items()
+            }
+            key_t, url_t = gen["key"], gen["url"]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InvalidReferenceError(
+                f"Malformed 'gen' entry {gen!r}: needs 'key', 'url' and 'dimensions'"
+            ) from exc
+        if ("offset" in gen) != ("length" in gen):
+            raise InvalidReferenceError(
+                f"Malformed 'gen' entry {gen!r}: give both 'offset' and 'length', or neither"
+            )
+        for values in itertools.product(*dims.values()):
+            env = {**templates, **dict(zip(dims, values, strict=True))}
+            key = _render(key_t, env)
+            url = _render(url_t, env)
+            if "offset" in gen:
+                yield (
+                    key,
+                    [
+                        url,
+                        int(_render(str(gen["offset"]), env)),
+                        int(_render(str(gen["length"]), env)),
+                    ],
+                )
+            else:
+                yield key, [url]

@@ -1,0 +1,694 @@
+"""The public face of snapref: a repository and what users do with it.
+
+A :class:`Repository` is a warehouse (any fsspec URL, holding immutable objects,
+shards and manifest lists) plus the SQL catalog recorded in the warehouse's
+``snapref.json``. Everything else — import, transactions, checkout and commit of
+reference files, time travel, branches and tags — is a method here, and the CLI is a
+thin layer over these methods.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import posixpath
+import subprocess
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+import ujson
+import zarr
+from zarr.storage import FsspecStore
+
+from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Catalog, RefRecord, Snapshot
+from snapref.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    InvalidReferenceError,
+    RepositoryNotFoundError,
+    VersionNotFoundError,
+)
+from snapref.fs import SnapshotFileSystem, SourcePolicy, StagedReferences
+from snapref.manifest import InlineRef, Manifest, ObjectRef, VirtualRef
+from snapref.objects import Warehouse
+from snapref.refs import encode_inline, load_reference_file, parse_references, source_prefix
+from snapref.transaction import ChangeSet, Transaction, commit_changes
+
+__all__ = ["Repository", "connect", "init", "open", "open_dataset", "split_spec"]
+
+CONFIG_FILE = "snapref.json"
+EMBEDDED_CATALOG = "catalog.db"
+#: Checkout writes this beside the reference file, to know the parent at commit time.
+SIDECAR_SUFFIX = ".snapref"
+
+VersionSpec = int | str | None
+
+
+class Repository:
+    """A snapref repository: one warehouse and its catalog.
+
+    Create one with :func:`snapref.init`, open one with :func:`snapref.connect`.
+    """
+
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        catalog: Catalog,
+        source_options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.warehouse = warehouse
+        self.catalog = catalog
+        self.objects = warehouse.content("objects")
+        self._source_options = dict(source_options or {})
+
+    def __repr__(self) -> str:
+        return f"<snapref.Repository {self.warehouse.url}>"
+
+    @property
+    def url(self) -> str:
+        return self.warehouse.url
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- datasets and versions ---------------------------------------------------------
+
+    def datasets(self) -> list[str]:
+        """Names of the datasets in this repository, sorted."""
+        return [d.name for d in self.catalog.datasets()]
+
+    def head(self, name: str, branch: str = MAIN_BRANCH) -> Snapshot:
+        """The snapshot at the head of ``branch`` of dataset ``name``."""
+        self.catalog.dataset(name)
+        ref = self.catalog.ref(name, branch)
+        if ref is None or ref.kind != BRANCH:
+            branches = [r.name for r in self.catalog.refs(name) if r.kind == BRANCH]
+            raise VersionNotFoundError(
+                f"Dataset {name!r} has no branch {branch!r} (branches: "
+                f"{', '.join(branches)}). Create it with 'snapref branch {name} {branch}'."
+            )
+        return self.catalog.snapshot(ref.snapshot_id)
+
+    def resolve(
+        self,
+        name: str,
+        version: VersionSpec = None,
+        *,
+        as_of: datetime | str | None = None,
+        branch: str | None = None,
+    ) -> Snapshot:
+        """Find the snapshot a user means.
+
+        Parameters
+        ----------
+        version
+            A version number (``3`` or ``"3"``), a branch or tag name, or a snapshot id
+            or unique id prefix. None means the head of ``branch`` (default ``main``).
+        as_of
+            A time (datetime, or ISO 8601 text; naive means UTC): the version that was
+            the head of ``branch`` at that time, from the branch's recorded history.
+
+        Raises
+        ------
+        DatasetNotFoundError, VersionNotFoundError, InvalidInputError
+        """
+        self.catalog.dataset(name)
+        if as_of is not None:
+            if version is not None:
+                raise InvalidInputError("Give either a version or as_of, not both")
+            when = _parse_when(as_of)
+            snap_id = self.catalog.head_at(name, branch or MAIN_BRANCH, when)
+            if snap_id is None:
+                raise VersionNotFoundError(
+                    f"Dataset {name!r} had no version on branch {branch or MAIN_BRANCH!r} "
+                    f"at {when.isoformat()}"
+                )
+            return self.catalog.snapshot(snap_id)
+        if version is None:
+            return self.head(name, branch or MAIN_BRANCH)
+        if isinstance(version, bool):
+            raise InvalidInputError(f"Invalid version {version!r}")
+        if isinstance(version, int) or (isinstance(version, str) and version.isdigit()):
+            snap = self.catalog.snapshot_by_version(name, int(version))
+            if snap is not None:
+                return snap
+            if isinstance(version, int):
+                raise VersionNotFoundError(self._no_version(name, version))
+        text = str(version)
+        ref = self.catalog.ref(name, text)
+        if ref is not None:
+            return self.catalog.snapshot(ref.snapshot_id)
+        matches = self.catalog.snapshots_by_id_prefix(name, text) if len(text) >= 4 else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise VersionNotFoundError(
+                f"Snapshot id prefix {text!r} of dataset {name!r} is ambiguous "
+                f"({len(matches)} matches); give more characters"
+            )
+        raise VersionNotFoundError(self._no_version(name, text))
+
+    def _no_version(self, name: str, version: Any) -> str:
+        refs = ", ".join(r.name for r in self.catalog.refs(name))
+        latest = max((s.version for s in self.catalog.all_snapshots(name).values()), default=0)
+        return (
+            f"Dataset {name!r} has no version {version!r}: versions are 1..{latest}, refs "
+            f"are {refs}; snapshot ids need at least 4 characters"
+        )
+
+    def manifest(self, snapshot: Snapshot) -> Manifest:
+        """The (lazily loaded) manifest of ``snapshot``."""
+        return Manifest.load(self.warehouse, snapshot.manifest)
+
+    def log(self, name: str, branch: str | None = None) -> list[Snapshot]:
+        """The versions of ``branch`` (default ``main``), newest first."""
+        return self.catalog.ancestry(self.head(name, branch or MAIN_BRANCH).id)
+
+    def refs(self, name: str) -> list[RefRecord]:
+        """Branches and tags of dataset ``name``."""
+        self.catalog.dataset(name)
+        return self.catalog.refs(name)
+
+    def sources(self, name: str) -> list[str]:
+        """URL prefixes that virtual references of ``name`` may point into."""
+        self.catalog.dataset(name)
+        return self.catalog.sources(name)
+
+    def allow_source(self, prefix: str, dataset: str | None = None) -> None:
+        """Allow reads from ``prefix`` for one dataset, or repository-wide."""
+        if dataset is None:
+            current = self.catalog.get_setting("allowed_sources", [])
+            if prefix not in current:
+                self.catalog.set_setting("allowed_sources", [*current, prefix])
+        else:
+            self.catalog.dataset(dataset)
+            self.catalog.add_sources(dataset, [prefix])
+
+    def _policy(self, dataset: str | None, extra: Iterable[str] = ()) -> SourcePolicy:
+        prefixes = set(self.catalog.get_setting("allowed_sources", []))
+        if dataset is not None:
+            prefixes.update(self.catalog.sources(dataset))
+        prefixes.update(extra)
+        return SourcePolicy(tuple(sorted(prefixes)))
+
+    # -- tags and branches -------------------------------------------------------------
+
+    def tag(self, name: str, version: VersionSpec, tag: str, author: str | None = None) -> Snapshot:
+        """Name a version with a tag; tags never move."""
+        snap = self.resolve(name, version)
+        _check_ref_name(tag)
+        self.catalog.create_ref(name, tag, TAG, snap.id, author or self.default_author())
+        return snap
+
+    def branch(
+        self, name: str, new: str, from_version: VersionSpec = None, author: str | None = None
+    ) -> Snapshot:
+        """Create branch ``new`` at ``from_version`` (default: head of ``main``)."""
+        snap = self.resolve(name, from_version)
+        _check_ref_name(new)
+        self.catalog.create_ref(name, new, BRANCH, snap.id, author or self.default_author())
+        return snap
+
+    # -- making versions ---------------------------------------------------------------
+
+    def transaction(
+        self,
+        name: str,
+        message: str,
+        branch: str = MAIN_BRANCH,
+        author: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        allow_sources: Iterable[str] = (),
+    ) -> Transaction:
+        """Start editing ``branch`` of dataset ``name``; see :class:`Transaction`."""
+        return Transaction(
+            self,
+            name,
+            message=message,
+            branch=branch,
+            author=author,
+            properties=properties,
+            allow_sources=allow_sources,
+        )
+
+    def import_references(
+        self,
+        name: str,
+        refs: Mapping[str, Any] | str,
+        message: str = "Import references",
+        *,
+        author: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        description: str = "",
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> Snapshot:
+        """Create dataset ``name`` from a kerchunk reference set, as version 1.
+
+        Virtual references stay virtual (nothing is copied) and their folders become
+        the dataset's allowed sources; inline chunk data becomes warehouse objects.
+
+        Parameters
+        ----------
+        refs
+            A decoded reference set (dict) or the URL/path of a JSON reference file.
+
+        Raises
+        ------
+        AlreadyExistsError, InvalidReferenceError, InvalidKeyError
+        """
+        _check_ref_name(name, what="dataset")
+        if name in self.datasets():
+            raise AlreadyExistsError(
+                f"A dataset named {name!r} exists already; commit a new version with "
+                "'snapref commit' or choose another name"
+            )
+        parsed = self._parse(refs, storage_options)
+        changeset = ChangeSet()
+        sources: set[str] = set()
+        for key, value in parsed.items():
+            if isinstance(value, VirtualRef):
+                changeset.changes[key] = value
+                sources.add(source_prefix(value.url))
+            else:
+                changeset.put_bytes(key, value)
+        snap = commit_changes(
+            self,
+            name,
+            MAIN_BRANCH,
+            None,
+            Manifest.empty(self.warehouse),
+            changeset,
+            message=message,
+            author=author,
+            properties=properties,
+            new_sources=sorted(sources),
+            description=description,
+        )
+        assert snap is not None
+        return snap
+
+    def commit_references(
+        self,
+        name: str,
+        refs: Mapping[str, Any] | str,
+        message: str,
+        *,
+        parent: VersionSpec = None,
+        branch: str | None = None,
+        author: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        allow_sources: Iterable[str] = (),
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> Snapshot | None:
+        """Record an edited reference set (from :meth:`checkout`) as a new version.
+
+        The parent is taken from ``parent``, else from the checkout's record inside or
+        beside the file. If ``branch`` moved away from the parent since the checkout,
+        this is a :class:`ConflictError` — never a silent overwrite.
+
+        Returns the new snapshot, or None if the file changes nothing.
+        """
+        record = _checkout_record(refs) if parent is None else None
+        if parent is None and record is None:
+            raise InvalidInputError(
+                "Cannot tell which version this reference set was checked out from: it "
+                "has no snapref record and no sidecar file. Pass --parent VERSION "
+                "(parent= in Python)."
+            )
+        if record is not None:
+            if record.get("dataset") not in (None, name):
+                raise InvalidInputError(
+                    f"This reference set was checked out from dataset "
+                    f"{record['dataset']!r}, not {name!r}"
+                )
+            parent_snap = self.catalog.snapshot(record["snapshot"])
+            branch = branch or record.get("branch") or MAIN_BRANCH
+        else:
+            parent_snap = self.resolve(name, parent)
+            branch = branch or MAIN_BRANCH
+        base = self.manifest(parent_snap)
+        parsed = self._parse(refs, storage_options)
+        changeset = ChangeSet()
+        for key, value in parsed.items():
+            if isinstance(value, VirtualRef):
+                digest = self.objects.digest_of_url(value.url)
+                if digest is None:
+                    changeset.changes[key] = value
+                    continue
+                before = base.get(key)
+                if isinstance(before, ObjectRef) and before.digest == digest:
+                    continue
+                changeset.changes[key] = ObjectRef(digest, len(self.objects.get(digest)))
+            else:
+                changeset.put_bytes(key, value)
+        for key in base:
+            if key not in parsed:
+                changeset.delete(key)
+        return commit_changes(
+            self,
+            name,
+            branch,
+            parent_snap,
+            base,
+            changeset,
+            message=message,
+            author=author,
+            properties=properties,
+            allow_sources=allow_sources,
+        )
+
+    def _parse(
+        self, refs: Mapping[str, Any] | str, storage_options: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        if isinstance(refs, str):
+            base = None if "://" in refs else os.path.dirname(os.path.abspath(refs))
+            return parse_references(load_reference_file(refs, storage_options), base)
+        return parse_references(refs)
+
+    # -- reading versions ----------------------------------------------------------------
+
+    def to_references(self, name: str, version: VersionSpec = None, **kw: Any) -> dict[str, Any]:
+        """Version ``version`` of ``name`` as a kerchunk JSON (version 1) reference set
+        that plain fsspec opens (invariant 4). Objects are referenced by their
+        warehouse URL."""
+        snap = self.resolve(name, version, **kw)
+        refs: dict[str, Any] = {}
+        for key, ref in self.manifest(snap).items():
+            if isinstance(ref, InlineRef):
+                refs[key] = encode_inline(ref.data)
+            elif isinstance(ref, ObjectRef):
+                refs[key] = [self.objects.url(ref.digest)]
+            elif ref.offset is None:
+                refs[key] = [ref.url]
+            else:
+                refs[key] = [ref.url, ref.offset, ref.length]
+        return {"version": 1, "refs": refs}
+
+    def checkout(
+        self,
+        name: str,
+        version: VersionSpec,
+        path: str,
+        *,
+        branch: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> Snapshot:
+        """Write version ``version`` of ``name`` as a kerchunk JSON reference file.
+
+        A record of the checkout (repository, dataset, snapshot, branch) is kept in the
+        file under ``"snapref"`` and in a sidecar file ``PATH.snapref``, so that
+        :meth:`commit_references` knows the parent even after ``fs.save_json``.
+        """
+        import fsspec
+
+        snap = self.resolve(name, version, branch=branch)
+        out = self.to_references(name, snap.id)
+        on_branch = branch or (
+            str(version)
+            if (r := self.catalog.ref(name, str(version))) and r.kind == BRANCH
+            else MAIN_BRANCH
+        )
+        record = {
+            "repository": self.url,
+            "dataset": name,
+            "snapshot": snap.id,
+            "version": snap.version,
+            "branch": on_branch,
+        }
+        out["snapref"] = record
+        opts = dict(storage_options or {})
+        with fsspec.open(path, "wb", **opts) as f:
+            f.write(ujson.dumps(out).encode())
+        with fsspec.open(path + SIDECAR_SUFFIX, "wb", **opts) as f:
+            f.write(ujson.dumps(record, indent=2).encode())
+        return snap
+
+    def _filesystem(
+        self,
+        staged: StagedReferences,
+        dataset: str,
+        *,
+        asynchronous: bool,
+        read_only: bool = False,
+        extra_sources: Iterable[str] = (),
+    ) -> SnapshotFileSystem:
+        return SnapshotFileSystem(
+            staged,
+            self.objects,
+            self.warehouse.fs_for(asynchronous),
+            self._policy(dataset, extra_sources),
+            source_options=self._source_options_for(),
+            read_only=read_only,
+            asynchronous=asynchronous,
+        )
+
+    def _source_options_for(self) -> dict[str, Mapping[str, Any]]:
+        # sources on the warehouse's own protocol share its credentials by default
+        opts: dict[str, Mapping[str, Any]] = {
+            self.warehouse.protocol: self.warehouse.storage_options
+        }
+        opts.update(self._source_options)
+        return opts
+
+    def filesystem(
+        self, name: str, version: VersionSpec = None, *, asynchronous: bool = False, **kw: Any
+    ) -> SnapshotFileSystem:
+        """A read-only fsspec filesystem over one version of ``name``."""
+        snap = self.resolve(name, version, **kw)
+        staged = StagedReferences(self.manifest(snap))
+        return self._filesystem(staged, name, asynchronous=asynchronous, read_only=True)
+
+    def store(self, name: str, version: VersionSpec = None, **kw: Any) -> FsspecStore:
+        """A read-only zarr 3 store over one version of ``name``."""
+        fs = self.filesystem(name, version, asynchronous=True, **kw)
+        return FsspecStore(fs, read_only=True, path="")
+
+    def open(self, name: str, version: VersionSpec = None, **kw: Any) -> zarr.Group:
+        """Version ``version`` of ``name`` as a read-only zarr Group."""
+        return zarr.open_group(self.store(name, version, **kw), mode="r")
+
+    def open_dataset(
+        self,
+        name: str,
+        version: VersionSpec = None,
+        *,
+        as_of: Any = None,
+        branch: str | None = None,
+        **xr_kwargs: Any,
+    ) -> Any:
+        """Version ``version`` of ``name`` as an xarray Dataset (lazy, read-only)."""
+        import xarray as xr
+
+        store = self.store(name, version, as_of=as_of, branch=branch)
+        xr_kwargs.setdefault("consolidated", False)
+        xr_kwargs.setdefault("chunks", None)
+        return xr.open_dataset(store, engine="zarr", **xr_kwargs)
+
+    # -- provenance --------------------------------------------------------------------
+
+    @staticmethod
+    def default_author() -> str:
+        """Author for new versions: ``$SNAPREF_AUTHOR``, else git's user, else the login."""
+        env = os.environ.get("SNAPREF_AUTHOR")
+        if env:
+            return env
+        try:
+            name = subprocess.run(
+                ["git", "config", "user.name"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            email = subprocess.run(
+                ["git", "config", "user.email"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            name = email = ""
+        if name:
+            return f"{name} <{email}>" if email else name
+        return getpass.getuser()
+
+
+# -- module-level entry points -----------------------------------------------------------
+
+
+def init(
+    url: str,
+    catalog: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Repository:
+    """Create a repository at ``url`` and return it.
+
+    Parameters
+    ----------
+    url
+        The warehouse: a local folder or any fsspec URL (``s3://bucket/prefix``).
+    catalog
+        SQLAlchemy URL of the catalog. Default for a local folder: an embedded SQLite
+        file inside it. Required for remote warehouses.
+    storage_options
+        fsspec options (credentials, endpoint); used, never stored.
+
+    Raises
+    ------
+    AlreadyExistsError
+        If a repository exists at ``url``.
+    InvalidInputError
+        If a remote warehouse has no ``catalog``.
+    """
+    warehouse = Warehouse(url, storage_options)
+    config_path = warehouse.path(CONFIG_FILE)
+    if warehouse.fs.exists(config_path):
+        raise AlreadyExistsError(f"A snapref repository exists at {warehouse.url} already")
+    if catalog is None:
+        if not warehouse.is_local:
+            raise InvalidInputError(
+                f"A repository at {warehouse.url} needs a catalog: pass --catalog with an "
+                "SQLAlchemy URL, e.g. sqlite:////abs/path/catalog.db or postgresql://..."
+            )
+        warehouse.fs.makedirs(warehouse.root, exist_ok=True)
+        recorded = EMBEDDED_CATALOG
+    else:
+        recorded = _without_password(catalog)
+    cat = Catalog.create(_catalog_url(warehouse, recorded) if catalog is None else catalog)
+    config = {"format": 1, "catalog": recorded}
+    warehouse.fs.pipe_file(config_path, ujson.dumps(config, indent=2).encode())
+    return Repository(warehouse, cat)
+
+
+def connect(
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    catalog: str | None = None,
+    source_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Repository:
+    """Open the repository at ``url``; its catalog is found from the warehouse.
+
+    ``catalog`` overrides the recorded catalog URL (e.g. to add a password, which is
+    never recorded). ``source_options`` gives fsspec options per protocol for reading
+    virtual references (default: the warehouse's options for its own protocol).
+
+    Raises
+    ------
+    RepositoryNotFoundError
+        If ``url`` holds no snapref repository.
+    """
+    warehouse = Warehouse(url, storage_options)
+    try:
+        config = ujson.loads(warehouse.fs.cat_file(warehouse.path(CONFIG_FILE)))
+    except FileNotFoundError:
+        raise RepositoryNotFoundError(
+            f"No snapref repository at {warehouse.url}: create one with "
+            f"'snapref init {url}', or check the URL and --storage-option settings"
+        ) from None
+    catalog_url = (
+        catalog or os.environ.get("SNAPREF_CATALOG") or _catalog_url(warehouse, config["catalog"])
+    )
+    return Repository(warehouse, Catalog.open(catalog_url), source_options)
+
+
+def _catalog_url(warehouse: Warehouse, recorded: str) -> str:
+    if "://" in recorded:
+        return recorded
+    # an embedded catalog, recorded relative to the warehouse so the folder can move
+    return "sqlite:///" + posixpath.join(warehouse.root, recorded)
+
+
+def _without_password(url: str) -> str:
+    parsed = sa.engine.make_url(url)
+    if parsed.password:
+        parsed = parsed.set(password=None)
+    return parsed.render_as_string(hide_password=False)
+
+
+def _as_repository(repo: Repository | str, storage_options: Mapping[str, Any] | None) -> Repository:
+    return repo if isinstance(repo, Repository) else connect(repo, storage_options)
+
+
+def open(  # noqa: A001 - mirrors zarr.open / xarray.open_dataset
+    repo: Repository | str,
+    name: str,
+    version: VersionSpec = None,
+    *,
+    as_of: datetime | str | None = None,
+    branch: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> zarr.Group:
+    """Open one version of a dataset as a read-only zarr Group.
+
+    ``version`` is a version number, tag, branch, or snapshot id (prefix); ``as_of``
+    picks the version current at a time; neither means the head of ``main``.
+    """
+    return _as_repository(repo, storage_options).open(name, version, as_of=as_of, branch=branch)
+
+
+def open_dataset(
+    repo: Repository | str,
+    name: str,
+    version: VersionSpec = None,
+    *,
+    as_of: datetime | str | None = None,
+    branch: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    **xr_kwargs: Any,
+) -> Any:
+    """Like :func:`open`, returning an xarray Dataset (pass ``chunks=`` for dask)."""
+    return _as_repository(repo, storage_options).open_dataset(
+        name, version, as_of=as_of, branch=branch, **xr_kwargs
+    )
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"air@3"`` -> ``("air", "3")``; ``"air"`` -> ``("air", None)``."""
+    name, sep, ref = spec.partition("@")
+    if not name or (sep and not ref):
+        raise InvalidInputError(f"Invalid dataset reference {spec!r}: use NAME or NAME@VERSION")
+    return name, (ref if sep else None)
+
+
+def _parse_when(when: datetime | str) -> datetime:
+    if isinstance(when, datetime):
+        return when
+    try:
+        parsed = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"Invalid time {when!r}: use ISO 8601, e.g. 2026-01-01T12:00:00Z"
+        ) from exc
+    return parsed
+
+
+def _check_ref_name(name: str, what: str = "ref") -> None:
+    bad = (
+        (not name) or name.isdigit() or any(c in name for c in "@/\\ \t\n") or name.startswith(".")
+    )
+    if bad:
+        raise InvalidInputError(
+            f"Invalid {what} name {name!r}: use letters, digits, '-', '_' and '.', not "
+            "only digits (those are version numbers), no '@', '/' or spaces"
+        )
+
+
+def _checkout_record(refs: Mapping[str, Any] | str) -> dict[str, Any] | None:
+    """The checkout record of a reference set: inside it, or in its sidecar file."""
+    import fsspec
+
+    if isinstance(refs, Mapping):
+        rec = refs.get("snapref")
+        return rec if isinstance(rec, dict) else None
+    try:
+        doc = load_reference_file(refs)
+    except InvalidReferenceError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("snapref"), dict):
+        return doc["snapref"]
+    try:
+        with fsspec.open(refs + SIDECAR_SUFFIX, "rb") as f:
+            return ujson.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return None

@@ -1,0 +1,262 @@
+"""Commits: staged changes -> objects -> manifest shards -> compare-and-swap.
+
+Every way of making a version (a zarr/xarray transaction, a committed reference file,
+an import) ends in :func:`commit_changes`, which writes in this order:
+
+1. new chunk objects (content-addressed; existing ones are skipped),
+2. the manifest shards that hold changed keys, and the manifest list,
+3. one catalog transaction: snapshot row, changed keys, branch head moved only if it
+   still points at the parent (invariant 2).
+
+A crash before step 3 leaves the old version visible and only unreachable files
+behind; a crash during it is rolled back by the database.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from zarr.storage import FsspecStore
+
+from snapref.catalog import Snapshot
+from snapref.errors import TransactionClosedError
+from snapref.fs import SnapshotFileSystem, StagedReferences
+from snapref.keys import is_metadata_key
+from snapref.manifest import InlineRef, Manifest, ManifestWriter, ObjectRef, Ref, VirtualRef
+from snapref.objects import content_hash
+
+if TYPE_CHECKING:
+    from snapref.repository import Repository
+
+__all__ = ["ChangeSet", "Transaction", "commit_changes"]
+
+
+@dataclass
+class ChangeSet:
+    """What a new version changes relative to its parent.
+
+    ``changes`` maps keys to their new reference (``None`` deletes the key);
+    ``objects`` holds the bytes of new chunk objects by digest.
+    """
+
+    changes: dict[str, Ref | None] = field(default_factory=dict)
+    objects: dict[str, bytes] = field(default_factory=dict)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Stage ``data`` at ``key``: inline for zarr metadata, an object otherwise."""
+        if is_metadata_key(key):
+            self.changes[key] = InlineRef(data)
+        else:
+            digest = content_hash(data)
+            self.objects[digest] = data
+            self.changes[key] = ObjectRef(digest, len(data))
+
+    def delete(self, key: str) -> None:
+        self.changes[key] = None
+
+    def without_noops(self, base: Manifest) -> ChangeSet:
+        """The changes that really differ from ``base`` (and only their objects)."""
+        real = {k: r for k, r in self.changes.items() if base.get(k) != r}
+        needed = {r.digest for r in real.values() if isinstance(r, ObjectRef)}
+        return ChangeSet(real, {d: b for d, b in self.objects.items() if d in needed})
+
+    def virtual_refs(self) -> Iterable[tuple[str, VirtualRef]]:
+        return ((k, r) for k, r in self.changes.items() if isinstance(r, VirtualRef))
+
+
+def commit_changes(
+    repo: Repository,
+    dataset: str,
+    branch: str,
+    parent: Snapshot | None,
+    base: Manifest,
+    changeset: ChangeSet,
+    *,
+    message: str,
+    author: str | None = None,
+    properties: Mapping[str, Any] | None = None,
+    allow_sources: Iterable[str] = (),
+    new_sources: Iterable[str] = (),
+    description: str = "",
+) -> Snapshot | None:
+    """Write ``changeset`` as a new version of ``dataset`` on ``branch``.
+
+    ``parent`` None creates the dataset. Returns the new snapshot, or None when the
+    changes turn out to change nothing.
+
+    Raises
+    ------
+    DisallowedSourceError
+        If a virtual reference points outside the allowed sources.
+    ConflictError
+        If ``branch`` moved away from ``parent`` meanwhile; nothing is recorded.
+    """
+    from snapref import __version__
+
+    changeset = changeset.without_noops(base)
+    if parent is not None and not changeset.changes:
+        return None
+    new_sources = list(new_sources)
+    policy = repo._policy(dataset if parent is not None else None, [*allow_sources, *new_sources])
+    for key, ref in changeset.virtual_refs():
+        policy.check(key, ref.url)
+
+    written = repo.objects.put_many(changeset.objects)
+    result = ManifestWriter(base).write(changeset.changes)
+    ops, summary = _summarize(base, changeset.changes)
+    summary["bytes_written"] = written.bytes_written + result.bytes_written
+    summary["objects_written"] = written.written
+    summary["shards_written"] = result.shards_written
+    row = {
+        "manifest": result.manifest.digest or "",
+        "parents": [parent.id] if parent else [],
+        "branch": branch,
+        "author": author or repo.default_author(),
+        "message": message,
+        "snapref_version": __version__,
+        "properties": dict(properties or {}),
+        "summary": summary,
+    }
+    if parent is None:
+        return repo.catalog.create_dataset(
+            dataset, row, ops, sources=[*allow_sources, *new_sources], description=description
+        )
+    return repo.catalog.commit(
+        dataset, branch, parent.id, row, ops, sources=[*allow_sources, *new_sources]
+    )
+
+
+def _summarize(
+    base: Manifest, changes: Mapping[str, Ref | None]
+) -> tuple[dict[str, str], dict[str, int]]:
+    ops: dict[str, str] = {}
+    counts = {"chunks_added": 0, "chunks_modified": 0, "chunks_removed": 0, "metadata_changed": 0}
+    for key, ref in changes.items():
+        before = base.get(key)
+        op = "D" if ref is None else ("A" if before is None else "M")
+        ops[key] = op
+        if is_metadata_key(key):
+            counts["metadata_changed"] += 1
+        else:
+            counts[{"A": "chunks_added", "M": "chunks_modified", "D": "chunks_removed"}[op]] += 1
+    return ops, counts
+
+
+class Transaction:
+    """Staged edits of one dataset on one branch, committed atomically.
+
+    Use it as a context manager: leaving the block commits, an exception discards.
+
+    Attributes
+    ----------
+    fs : SnapshotFileSystem
+        Writable reference filesystem (synchronous fsspec API).
+    store : zarr.storage.FsspecStore
+        zarr 3 store over the same staged state, for zarr and xarray.
+    parent : Snapshot
+        The version the edits start from.
+    snapshot : Snapshot | None
+        The committed version, once committed (None if nothing changed).
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        dataset: str,
+        *,
+        message: str,
+        branch: str = "main",
+        author: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        allow_sources: Iterable[str] = (),
+    ) -> None:
+        self.repo = repo
+        self.dataset = dataset
+        self.branch = branch
+        self.message = message
+        self.author = author
+        self.properties = dict(properties or {})
+        self.allow_sources = list(allow_sources)
+        self.parent = repo.head(dataset, branch)
+        self.base = repo.manifest(self.parent)
+        self.staged = StagedReferences(self.base)
+        self.fs: SnapshotFileSystem = repo._filesystem(
+            self.staged, dataset, asynchronous=False, extra_sources=self.allow_sources
+        )
+        self._afs = repo._filesystem(
+            self.staged, dataset, asynchronous=True, extra_sources=self.allow_sources
+        )
+        self.store = FsspecStore(self._afs, path="")
+        self.snapshot: Snapshot | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self.staged.staged)} staged keys"
+        return f"<Transaction {self.dataset}@{self.branch} from v{self.parent.version}, {state}>"
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        if self._closed:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransactionClosedError(
+                f"The transaction on {self.dataset}@{self.branch} is closed already; "
+                "open a new one with repo.transaction(...)"
+            )
+
+    def changeset(self) -> ChangeSet:
+        """The staged edits as a :class:`ChangeSet`."""
+        cs = ChangeSet()
+        for key, data in self.staged.staged.items():
+            if data is None:
+                cs.delete(key)
+            else:
+                cs.put_bytes(key, data)
+        return cs
+
+    def commit(self) -> Snapshot | None:
+        """Record the staged edits as a new version; returns it (None: nothing changed).
+
+        Raises
+        ------
+        ConflictError
+            If the branch moved since the transaction started. Nothing is recorded and
+            the transaction is closed.
+        """
+        self._check_open()
+        self._closed = True
+        self.snapshot = commit_changes(
+            self.repo,
+            self.dataset,
+            self.branch,
+            self.parent,
+            self.base,
+            self.changeset(),
+            message=self.message,
+            author=self.author,
+            properties=self.properties,
+            allow_sources=self.allow_sources,
+        )
+        return self.snapshot
+
+    def discard(self) -> None:
+        """Drop every staged edit; nothing is written."""
+        self._check_open()
+        self._closed = True
+        self.staged.staged.clear()
