@@ -12,6 +12,7 @@ import base64
 import itertools
 import os
 import posixpath
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,10 +45,18 @@ def load_reference_file(url: str, storage_options: Mapping[str, Any] | None = No
         If the file is missing or is not JSON.
     """
     try:
-        with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
-            data = f.read()
-    except FileNotFoundError as exc:
-        raise InvalidReferenceError(f"Reference file {url!r} does not exist") from exc
+        if url == "-":
+            data = sys.stdin.buffer.read()
+        elif "://" not in url:
+            with open(url, "rb") as f:  # also pipes, which fsspec would try to seek
+                data = f.read()
+        else:
+            with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
+                data = f.read()
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise InvalidReferenceError(
+            f"Reference file {url!r} does not exist or is not a file"
+        ) from exc
     try:
         return ujson.loads(data)
     except ValueError as exc:

@@ -352,7 +352,7 @@ class Repository:
         for key in base:
             if key not in parsed:
                 changeset.delete(key)
-        return commit_changes(
+        snap = commit_changes(
             self,
             name,
             branch,
@@ -364,6 +364,10 @@ class Repository:
             properties=properties,
             allow_sources=allow_sources,
         )
+        if snap is not None and isinstance(refs, str) and "://" not in refs:
+            # the file now matches the new version: further edits continue from it
+            _write_record(refs + SIDECAR_SUFFIX, self._record(snap, branch), storage_options)
+        return snap
 
     def _parse(
         self, refs: Mapping[str, Any] | str, storage_options: Mapping[str, Any] | None
@@ -416,20 +420,21 @@ class Repository:
             if (r := self.catalog.ref(name, str(version))) and r.kind == BRANCH
             else MAIN_BRANCH
         )
-        record = {
+        record = self._record(snap, on_branch)
+        out["snapref"] = record
+        with fsspec.open(path, "wb", **dict(storage_options or {})) as f:
+            f.write(ujson.dumps(out).encode())
+        _write_record(path + SIDECAR_SUFFIX, record, storage_options)
+        return snap
+
+    def _record(self, snap: Snapshot, branch: str) -> dict[str, Any]:
+        return {
             "repository": self.url,
-            "dataset": name,
+            "dataset": snap.dataset,
             "snapshot": snap.id,
             "version": snap.version,
-            "branch": on_branch,
+            "branch": branch,
         }
-        out["snapref"] = record
-        opts = dict(storage_options or {})
-        with fsspec.open(path, "wb", **opts) as f:
-            f.write(ujson.dumps(out).encode())
-        with fsspec.open(path + SIDECAR_SUFFIX, "wb", **opts) as f:
-            f.write(ujson.dumps(record, indent=2).encode())
-        return snap
 
     def _filesystem(
         self,
@@ -674,21 +679,31 @@ def _check_ref_name(name: str, what: str = "ref") -> None:
         )
 
 
+def _write_record(
+    path: str, record: Mapping[str, Any], storage_options: Mapping[str, Any] | None
+) -> None:
+    import fsspec
+
+    with fsspec.open(path, "wb", **dict(storage_options or {})) as f:
+        f.write(ujson.dumps(record, indent=2).encode())
+
+
 def _checkout_record(refs: Mapping[str, Any] | str) -> dict[str, Any] | None:
-    """The checkout record of a reference set: inside it, or in its sidecar file."""
+    """The checkout record of a reference set: its sidecar file (kept current by
+    commits), else the record inside it (which ``fs.save_json`` drops)."""
     import fsspec
 
     if isinstance(refs, Mapping):
         rec = refs.get("snapref")
         return rec if isinstance(rec, dict) else None
     try:
+        with fsspec.open(refs + SIDECAR_SUFFIX, "rb") as f:
+            return dict(ujson.loads(f.read()))
+    except (FileNotFoundError, ValueError, TypeError):
+        pass
+    try:
         doc = load_reference_file(refs)
     except InvalidReferenceError:
         return None
-    if isinstance(doc, dict) and isinstance(doc.get("snapref"), dict):
-        return doc["snapref"]
-    try:
-        with fsspec.open(refs + SIDECAR_SUFFIX, "rb") as f:
-            return ujson.loads(f.read())
-    except (FileNotFoundError, ValueError):
-        return None
+    rec = doc.get("snapref") if isinstance(doc, dict) else None
+    return rec if isinstance(rec, dict) else None

@@ -508,8 +508,9 @@ class Catalog:
                     f"Branch {branch!r} of dataset {dataset!r} moved while you worked: it "
                     f"points at {head.snapshot_id[:12] if head else 'nothing'}, not at "
                     f"{expected_parent[:12]} where your changes started. Nothing was "
-                    "committed. Open a new transaction on the new head and apply your "
-                    "changes again (or commit them to a new branch)."
+                    "committed. Start again from the new head (a new transaction, or "
+                    "'snapref checkout') and re-apply your changes, or commit them to a "
+                    "new branch."
                 ) from None
             except SQLIntegrityError:
                 # another branch took the same version number; count again
