@@ -1,0 +1,77 @@
+"""Shared fixtures: real HDF5 files made with h5py, kerchunk references to them,
+repositories on local disk and on a real S3 API (a moto server on loopback)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from kerchunk.hdf import SingleHdf5ToZarr
+
+import snapref
+
+# Never let a test pick up credentials or a repository from the environment.
+for _var in ("SNAPREF_REPO", "SNAPREF_CATALOG", "AWS_PROFILE"):
+    os.environ.pop(_var, None)
+os.environ["SNAPREF_AUTHOR"] = "Test Author <test@example.org>"
+
+TEMP_SHAPE = (8, 40, 60)  # time, lat, lon
+TEMP_CHUNKS = (2, 20, 20)  # 4 x 2 x 3 = 24 chunks
+
+
+def temp_values() -> np.ndarray:
+    """The values written to ``temp`` in the HDF5 fixture."""
+    rng = np.random.default_rng(42)  # noisy, so chunks compress poorly and stay virtual
+    return (250 + 30 * rng.random(TEMP_SHAPE)).astype("float32")
+
+
+def make_hdf5(path: Path) -> Path:
+    """A small netCDF4-style HDF5 file: a compressed 3-D variable and coordinates."""
+    with h5py.File(path, "w") as f:
+        temp = f.create_dataset(
+            "temp",
+            data=temp_values(),
+            chunks=TEMP_CHUNKS,
+            compression="gzip",
+            shuffle=True,
+        )
+        temp.attrs["units"] = "K"
+        temp.attrs["long_name"] = "air temperature"
+        f.create_dataset("time", data=np.arange(TEMP_SHAPE[0], dtype="int64"))
+        f.create_dataset("lat", data=np.linspace(-10, 10, TEMP_SHAPE[1]))
+        f.create_dataset("lon", data=np.linspace(0, 30, TEMP_SHAPE[2]))
+        for name, dim in (("time", 0), ("lat", 1), ("lon", 2)):
+            f[name].make_scale(name)
+            temp.dims[dim].attach_scale(f[name])
+    return path
+
+
+@pytest.fixture
+def hdf5_file(tmp_path: Path) -> Path:
+    (tmp_path / "source").mkdir()
+    return make_hdf5(tmp_path / "source" / "air.h5")
+
+
+@pytest.fixture
+def kerchunk_refs(hdf5_file: Path) -> dict[str, Any]:
+    """kerchunk references to ``hdf5_file``: chunks virtual, small arrays inline."""
+    return SingleHdf5ToZarr(str(hdf5_file), inline_threshold=500).translate()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[snapref.Repository]:
+    r = snapref.init(str(tmp_path / "warehouse"))
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def air(repo: snapref.Repository, kerchunk_refs: dict[str, Any]) -> snapref.Repository:
+    """A repository holding dataset ``air``, imported from the kerchunk references."""
+    repo.import_references("air", kerchunk_refs, message="Import air.h5")
+    return repo
