@@ -118,3 +118,21 @@ ref_log = Table(
     Column("author", Text, nullable=False),
     Index("ix_ref_log_dataset_ref_time", "dataset", "ref", "timestamp"),
 )
+
+
+def ddl(dialect: str = "sqlite") -> str:
+    """The CREATE statements of this schema for ``dialect`` (``sqlite``, ``postgresql``),
+    as kept in ``catalog_schemas/v{SCHEMA_VERSION}.{dialect}.sql``."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    dialects = {"sqlite": sqlite.dialect(), "postgresql": postgresql.dialect()}
+    d = dialects[dialect]
+    parts = [f"-- snapref catalog schema version {SCHEMA_VERSION} ({dialect})"]
+    for table in metadata.sorted_tables:
+        parts.append(str(CreateTable(table).compile(dialect=d)).strip() + ";")
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            parts.append(str(CreateIndex(index).compile(dialect=d)).strip() + ";")
+    text = "\n\n".join(parts) + "\n"
+    return "\n".join(line.rstrip() for line in text.split("\n"))
+

@@ -414,8 +414,10 @@ def _ref_command(
             for row in rows:
                 click.echo(f"{row['name']}\tversion {row['version']}\t{row['id'][:12]}")
         return
-    create = repo.tag if kind == TAG else repo.branch
-    snap = create(name, version, new, author=author)
+    if kind == TAG:
+        snap = repo.tag(name, version, new, author=author)
+    else:
+        snap = repo.branch(name, new, version, author=author)
     if as_json:
         _emit_json({"name": new, "kind": kind, "version": snap.version, "id": snap.id})
     else:

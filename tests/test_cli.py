@@ -1,0 +1,135 @@
+"""The command line, as in the "Mutable Kerchunk References" post: checkout a plain
+reference file, edit it with fsspec + zarr, commit it back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+import snapref
+from snapref.cli import cli
+from tests.conftest import temp_values
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SNAPREF_REPO", str(tmp_path / "wh"))
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output + result.stderr
+        return result
+
+    return invoke
+
+
+def _edit_like_the_blog(path: str) -> None:
+    fs = fsspec.filesystem("reference", fo=path, asynchronous=True, skip_instance_cache=True)
+    g = zarr.open_group(zarr.storage.FsspecStore(fs, path=""), mode="r+", zarr_format=2)
+    g["temp"][1, 0:4, 0:4] /= 2
+    fs.save_json(path)
+
+
+def test_blog_workflow(run: Any, tmp_path: Path, kerchunk_refs: dict[str, Any]) -> None:
+    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
+    run("init")
+    out = run("import", "air", "air.json", "-m", "Adopt air.h5").output
+    assert "Imported air version 1" in out
+    run("checkout", "air", "-o", "work.json")
+    _edit_like_the_blog("work.json")
+    out = run("commit", "air", "work.json", "-m", "Halve a patch", "--prop", "ticket=QC-1").output
+    assert "Committed air version 2" in out and "~1" in out
+    # a second edit of the same file continues from the new version
+    _edit_like_the_blog("work.json")
+    run("commit", "air", "work.json", "-m", "Halve again")
+
+    log = json.loads(run("log", "air", "--json").output)
+    assert [e["version"] for e in log] == [3, 2, 1]
+    for field in ("version", "id", "timestamp", "author", "message", "parents", "branch",
+                  "properties", "summary"):
+        assert field in log[0]
+    for field in ("chunks_added", "chunks_modified", "chunks_removed", "bytes_written"):
+        assert field in log[0]["summary"]
+    assert log[1]["properties"] == {"ticket": "QC-1"}
+    assert log[1]["summary"]["chunks_modified"] == 1
+    assert log[1]["parents"] == [log[2]["id"]]
+    assert log[0]["timestamp"].endswith("Z")
+
+    repo = snapref.connect(str(tmp_path / "wh"))
+    expected = temp_values()
+    np.testing.assert_array_equal(snapref.open(repo, "air", 1)["temp"][:], expected)
+    expected[1, 0:4, 0:4] /= 2
+    np.testing.assert_array_equal(snapref.open(repo, "air", 2)["temp"][:], expected)
+    expected[1, 0:4, 0:4] /= 2
+    np.testing.assert_array_equal(snapref.open(repo, "air", 3)["temp"][:], expected)
+
+    shown = json.loads(run("show", "air@2", "--json").output)
+    assert shown["changes"] == {"temp/0.0.0": "M"}
+    assert shown["sources"] == [f"file://{tmp_path}/source/"]
+    assert "Changed keys (1)" in run("show", "air@2").output
+
+
+def test_stale_checkout_is_a_conflict(run: Any, tmp_path: Path, kerchunk_refs: Any) -> None:
+    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
+    run("init")
+    run("import", "air", "air.json")
+    run("checkout", "air@1", "-o", "a.json")
+    run("checkout", "air@1", "-o", "b.json")
+    _edit_like_the_blog("a.json")
+    _edit_like_the_blog("b.json")
+    run("commit", "air", "a.json", "-m", "a")
+    result = run("commit", "air", "b.json", "-m", "b", code=1)
+    assert "Error: Branch 'main' of dataset 'air' moved" in result.stderr
+    # the user can commit to a branch started from where the checkout came from
+    run("branch", "air", "b-edits", "--from", "1")
+    run("commit", "air", "b.json", "-m", "b", "--branch", "b-edits")
+    branches = json.loads(run("branch", "air", "--json").output)
+    assert {b["name"]: b["version"] for b in branches} == {"b-edits": 3, "main": 2}
+
+
+def test_tags_and_time_travel_by_name(run: Any, tmp_path: Path, kerchunk_refs: Any) -> None:
+    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
+    run("init")
+    run("import", "air", "air.json")
+    run("tag", "air@1", "v2025-qc")
+    tags = json.loads(run("tag", "air", "--json").output)
+    assert tags == [{"name": "v2025-qc", "kind": "tag", "version": 1, "id": tags[0]["id"]}]
+    run("checkout", "air@v2025-qc", "-o", "t.json")
+    assert json.loads((tmp_path / "t.json.snapref").read_text())["version"] == 1
+    assert json.loads(run("datasets", "--json").output)[0]["name"] == "air"
+
+
+def test_errors_exit_1_with_a_message(run: Any, tmp_path: Path) -> None:
+    run("init")
+    r = run("log", "nope", code=1)
+    assert r.stderr.startswith("Error: No dataset 'nope'")
+    r = run("import", "x", "missing.json", code=1)
+    assert "Error: Reference file 'missing.json' does not exist" in r.stderr
+    r = run("init", code=1)
+    assert "exists at" in r.stderr
+    r = run("-R", str(tmp_path / "none"), "log", "x", code=1)
+    assert "No snapref repository" in r.stderr
+    (tmp_path / "plain.json").write_text('{"version": 1, "refs": {}}')
+    run("import", "e", "plain.json")
+    r = run("commit", "e", "plain.json", "-m", "m", code=1)
+    assert "--parent" in r.stderr
+    run("checkout", "nope@1", "-o", "x.json", code=1)
+    run("show", "e@", code=1)
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    runner = CliRunner()
+    for name, command in cli.commands.items():
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Example:" in result.output, f"'snapref {name} --help' has no Example block"
+        assert command.help, name

@@ -1,0 +1,152 @@
+"""Bad input gets a clear, typed error and loses nothing; nothing unsafe is resolved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import zarr
+
+import snapref
+from snapref.errors import SnapRefError
+
+
+def test_error_tree_has_one_root() -> None:
+    for name in snapref.errors.__all__:
+        assert issubclass(getattr(snapref.errors, name), SnapRefError)
+    assert issubclass(snapref.DatasetNotFoundError, snapref.NotFoundError)
+    assert issubclass(snapref.InvalidKeyError, ValueError)
+
+
+def test_unknown_dataset_and_version_name_what_is_missing(air: snapref.Repository) -> None:
+    with pytest.raises(snapref.DatasetNotFoundError, match="'nope'.*datasets: air"):
+        snapref.open(air, "nope")
+    with pytest.raises(snapref.VersionNotFoundError, match="no version 7: versions are 1..1"):
+        snapref.open(air, "air", version=7)
+    with pytest.raises(snapref.VersionNotFoundError, match="'v-missing'"):
+        air.resolve("air", "v-missing")
+    with pytest.raises(snapref.RepositoryNotFoundError, match="snapref init"):
+        snapref.connect(str(Path(air.warehouse.root).parent / "elsewhere"))
+
+
+def _count(repo: snapref.Repository, table: str) -> int:
+    with repo.catalog.engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+@pytest.mark.parametrize(
+    ("refs", "error", "match"),
+    [
+        ({"version": 1, "refs": {"a/../../etc/passwd": "x"}}, snapref.InvalidKeyError, r"'\.\.'"),
+        ({"/abs/.zgroup": "{}"}, snapref.InvalidKeyError, "leading '/'"),
+        ({"version": 1, "refs": {"x/0": ["s3://b/f", -1, 10]}}, snapref.InvalidReferenceError, "x/0"),
+        ({"version": 1, "refs": {"x/0": [1, 2]}}, snapref.InvalidReferenceError, "x/0"),
+        ({"version": 3, "refs": {}}, snapref.InvalidReferenceError, "version 3"),
+        ({"version": 1, "refs": {"x/0": "base64:%%%"}}, snapref.InvalidReferenceError, "base64"),
+    ],
+)
+def test_bad_references_are_refused_and_nothing_is_recorded(
+    repo: snapref.Repository, refs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        repo.import_references("bad", refs, message="bad")
+    assert repo.datasets() == []
+    assert _count(repo, "snapshots") == 0
+    assert not (Path(repo.warehouse.root) / "manifests").exists()
+
+
+def test_malformed_json_file(repo: snapref.Repository, tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{"version": 1, "refs": {')
+    with pytest.raises(snapref.InvalidReferenceError, match="broken.json.*not valid JSON"):
+        repo.import_references("bad", str(path))
+    with pytest.raises(snapref.InvalidReferenceError, match="does not exist"):
+        repo.import_references("bad", str(tmp_path / "missing.json"))
+    assert repo.datasets() == []
+
+
+def test_writing_a_key_that_escapes_the_dataset(air: snapref.Repository) -> None:
+    with air.transaction("air", message="escape") as tx:
+        for key in ("../outside", "temp/../../x", "temp//0.0", "a\\b"):
+            with pytest.raises(snapref.InvalidKeyError):
+                tx.fs.pipe_file(key, b"x")
+    assert tx.snapshot is None
+
+
+def test_reference_to_a_disallowed_location_is_refused(
+    air: snapref.Repository, tmp_path: Path
+) -> None:
+    work = tmp_path / "work.json"
+    air.checkout("air", None, str(work))
+    doc = json.loads(work.read_text())
+    secret = tmp_path / "secret" / "data.bin"
+    secret.parent.mkdir()
+    secret.write_bytes(b"0123456789")
+    doc["refs"]["temp/0.0.0"] = [str(secret), 0, 10]
+    work.write_text(json.dumps(doc))
+    with pytest.raises(snapref.DisallowedSourceError, match=r"temp/0\.0\.0.*secret.*--allow-source"):
+        air.commit_references("air", str(work), "point elsewhere")
+    assert air.head("air").version == 1
+    # allowed explicitly, it is accepted and recorded as a source of the dataset
+    snap = air.commit_references(
+        "air", str(work), "point elsewhere", allow_sources=[f"file://{secret.parent}/"]
+    )
+    assert snap is not None and snap.version == 2
+    assert f"file://{secret.parent}/" in air.sources("air")
+
+
+def test_reads_check_the_allowed_sources_too(air: snapref.Repository) -> None:
+    # a source that is no longer allowed (or a tampered catalog) is never read
+    with air.catalog.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM dataset_sources"))
+    g = snapref.open(air, "air")
+    with pytest.raises(snapref.DisallowedSourceError, match="outside the locations"):
+        g["temp"][0, 0, 0]
+
+
+def test_damaged_object_is_an_integrity_error(air: snapref.Repository) -> None:
+    with air.transaction("air", message="edit") as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1
+    objects = [p for p in (Path(air.warehouse.root) / "objects").rglob("*") if p.is_file()]
+    target = [p for p in objects if p.stat().st_size > 1000]
+    assert len(target) == 1
+    target[0].write_bytes(b"\0" * target[0].stat().st_size)
+    with pytest.raises(snapref.IntegrityError, match="damaged"):
+        snapref.open(air, "air")["temp"][0, 0, 0]
+    # the old version does not use the damaged object and still reads
+    assert snapref.open(air, "air", version=1)["temp"][0, 0, 0] > 0
+
+
+def test_concurrent_commit_is_a_conflict(air: snapref.Repository) -> None:
+    tx1 = air.transaction("air", message="first")
+    tx2 = air.transaction("air", message="second")
+    zarr.open_group(tx1.store, mode="r+")["temp"][0, 0, 0] = 1
+    zarr.open_group(tx2.store, mode="r+")["temp"][0, 0, 1] = 2
+    assert tx1.commit() is not None
+    with pytest.raises(snapref.ConflictError, match="moved while you worked.*Nothing was committed"):
+        tx2.commit()
+    assert [s.message for s in air.log("air")] == ["first", "Import air.h5"]
+    assert _count(air, "snapshots") == 2
+
+
+def test_read_only_views_refuse_writes(air: snapref.Repository) -> None:
+    fs = air.filesystem("air", 1)
+    with pytest.raises(snapref.ReadOnlyError, match="read-only"):
+        fs.pipe_file("temp/0.0.0", b"x")
+    with pytest.raises(snapref.ReadOnlyError):
+        fs.rm("temp/0.0.0")
+
+
+def test_names_are_checked(air: snapref.Repository) -> None:
+    with pytest.raises(snapref.InvalidInputError, match="only digits"):
+        air.tag("air", 1, "12")
+    with pytest.raises(snapref.InvalidInputError):
+        air.branch("air", "a/b")
+    air.tag("air", 1, "v1")
+    with pytest.raises(snapref.AlreadyExistsError, match="tag named 'v1'"):
+        air.tag("air", 1, "v1")
+    with pytest.raises(snapref.AlreadyExistsError, match="exists already"):
+        air.import_references("air", {".zgroup": "{}"})

@@ -1,0 +1,141 @@
+"""Time travel, branches and tags, and reference-set formats (kerchunk v0/v1)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fsspec
+import numpy as np
+import pytest
+import zarr
+
+import snapref
+from tests.conftest import temp_values
+
+
+def _edit(repo: snapref.Repository, value: float, branch: str = "main") -> snapref.Snapshot:
+    with repo.transaction("air", message=f"set {value}", branch=branch) as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = value
+    assert tx.snapshot is not None
+    return tx.snapshot
+
+
+def _first(repo: snapref.Repository, version: Any = None, **kw: Any) -> float:
+    return float(snapref.open(repo, "air", version, **kw)["temp"][0, 0, 0])
+
+
+def test_every_form_of_version(air: snapref.Repository) -> None:
+    s2 = _edit(air, 2.0)
+    _edit(air, 3.0)
+    air.tag("air", 2, "qc-passed")
+    assert _first(air) == 3.0
+    assert _first(air, 2) == 2.0
+    assert _first(air, "2") == 2.0
+    assert _first(air, "qc-passed") == 2.0
+    assert _first(air, s2.id) == 2.0
+    assert _first(air, s2.id[:8]) == 2.0
+    assert _first(air, "main") == 3.0
+    assert _first(air, 1) == temp_values()[0, 0, 0]
+
+
+def test_as_of_picks_the_head_at_that_time(air: snapref.Repository) -> None:
+    time.sleep(0.01)
+    between = datetime.now(UTC)
+    time.sleep(0.01)
+    _edit(air, 5.0)
+    assert _first(air, as_of=between) == temp_values()[0, 0, 0]
+    assert _first(air, as_of=datetime.now(UTC)) == 5.0
+    assert _first(air, as_of=between.isoformat()) == temp_values()[0, 0, 0]
+    with pytest.raises(snapref.VersionNotFoundError, match="had no version"):
+        _first(air, as_of=between - timedelta(days=1))
+    with pytest.raises(snapref.InvalidInputError, match="either a version or as_of"):
+        _first(air, 1, as_of=between)
+
+
+def test_branches_are_independent_and_tags_never_move(air: snapref.Repository) -> None:
+    air.tag("air", 1, "original")
+    air.branch("air", "qc", 1)
+    _edit(air, 7.0, branch="qc")
+    _edit(air, 8.0)
+    assert _first(air, "qc") == 7.0
+    assert _first(air, "main") == 8.0
+    assert _first(air, "original") == temp_values()[0, 0, 0]
+    assert [s.version for s in air.log("air", branch="qc")] == [2, 1]
+    assert [s.version for s in air.log("air")] == [3, 1]
+    assert air.log("air", branch="qc")[0].branch == "qc"
+    refs = {r.name: (r.kind, r.snapshot_id) for r in air.refs("air")}
+    assert refs["original"] == ("tag", air.resolve("air", 1).id)
+    with pytest.raises(snapref.VersionNotFoundError, match="no branch 'original'"):
+        air.transaction("air", message="tags are not branches", branch="original")
+
+
+def test_provenance_is_recorded(air: snapref.Repository) -> None:
+    with air.transaction(
+        "air", message="Fix QC-12", author="Ada <ada@example.org>", properties={"ticket": "QC-12"}
+    ) as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1
+    snap = air.head("air")
+    assert snap.author == "Ada <ada@example.org>"
+    assert snap.message == "Fix QC-12"
+    assert snap.properties == {"ticket": "QC-12"}
+    assert snap.parents == (air.resolve("air", 1).id,)
+    assert snap.snapref_version == snapref.__version__
+    assert snap.timestamp.tzinfo is not None
+    assert abs((datetime.now(UTC) - snap.timestamp).total_seconds()) < 60
+    assert air.catalog.changes(snap.id) == {"temp/0.0.0": "M"}
+    # the default author comes from SNAPREF_AUTHOR (set by the test suite)
+    assert air.resolve("air", 1).author == "Test Author <test@example.org>"
+
+
+def test_templates_and_generators_are_expanded(repo: snapref.Repository, tmp_path: Any) -> None:
+    data = tmp_path / "blob.bin"
+    data.write_bytes(bytes(range(40)))
+    zarray = (
+        '{"zarr_format":2,"shape":[40],"chunks":[10],"dtype":"|u1","compressor":null,'
+        '"fill_value":0,"order":"C","filters":null}'
+    )
+    refs = {
+        "version": 1,
+        "templates": {"u": str(data)},
+        "refs": {".zgroup": '{"zarr_format":2}', "x/.zarray": zarray, "x/0": ["{{u}}", 0, 10]},
+        "gen": [
+            {
+                "key": "x/{{i}}",
+                "url": "{{u}}",
+                "offset": "{{i * 10}}",
+                "length": "10",
+                "dimensions": {"i": {"start": 1, "stop": 4}},
+            }
+        ],
+    }
+    repo.import_references("x", refs, message="templated")
+    np.testing.assert_array_equal(snapref.open(repo, "x")["x"][:], np.arange(40, dtype="u1"))
+
+
+def test_version_0_references_with_inline_documents(repo: snapref.Repository) -> None:
+    refs = {
+        ".zgroup": {"zarr_format": 2},
+        "x/.zarray": {
+            "zarr_format": 2, "shape": [4], "chunks": [4], "dtype": "<i2",
+            "compressor": None, "fill_value": 0, "order": "C", "filters": None,
+        },
+        "x/0": "base64:" + "AQACAAMABAA=",
+    }
+    repo.import_references("v0", refs)
+    np.testing.assert_array_equal(snapref.open(repo, "v0")["x"][:], [1, 2, 3, 4])
+
+
+def test_exported_references_open_with_plain_fsspec(air: snapref.Repository) -> None:
+    with air.transaction("air", message="edit") as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][3] = 42
+    for version in (1, 2):
+        refs = air.to_references("air", version)
+        assert "snapref" not in refs  # a plain kerchunk reference set
+        fs = fsspec.filesystem("reference", fo=refs, asynchronous=True)
+        g = zarr.open_group(zarr.storage.FsspecStore(fs, path=""), mode="r", zarr_format=2)
+        np.testing.assert_array_equal(
+            g["temp"][:], snapref.open(air, "air", version)["temp"][:]
+        )
+    assert (g["temp"][3] == 42).all()
