@@ -54,7 +54,7 @@ def validate_key(key: str) -> str:
 
 def is_metadata_key(key: str) -> bool:
     """True for zarr metadata documents (``.zarray``, ``zarr.json``, ...)."""
-    return posixpath.basename(key) in METADATA_NAMES
+    return key.rpartition("/")[2] in METADATA_NAMES
 
 
 def node_path(key: str) -> str:

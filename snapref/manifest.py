@@ -242,6 +242,11 @@ class Manifest(Mapping[str, Ref]):
             name: [_sort_key(name, s.first) for s in infos] for name, infos in self.sections.items()
         }
 
+    @property
+    def is_empty(self) -> bool:
+        """True for the manifest of nothing (the base of an import)."""
+        return not self.sections
+
     @classmethod
     def empty(cls, warehouse: Warehouse) -> Manifest:
         return cls(warehouse, {"format": MANIFEST_FORMAT, "arrays": [], "sections": {}}, None)
@@ -485,6 +490,8 @@ def _changes_by_section(
     def put(key: str, ref: Ref | None) -> None:
         new = section_of(key, arrays)
         out.setdefault(new, {})[key] = ref
+        if base.is_empty:
+            return
         old = section_of(key, base.arrays)
         if old != new and old in base.sections:
             out.setdefault(old, {}).setdefault(key, None)

@@ -9,6 +9,7 @@ generators are expanded on import, so a manifest only ever holds plain reference
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import os
 import posixpath
@@ -85,6 +86,7 @@ def encode_inline(data: bytes) -> str:
     return "base64:" + base64.b64encode(data).decode()
 
 
+@functools.lru_cache(maxsize=4096)  # reference sets repeat a few URLs many times
 def normalize_url(url: str, base: str | None = None) -> str:
     """A comparable form of a reference URL: local paths become ``file://`` URLs.
 

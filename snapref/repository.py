@@ -27,6 +27,7 @@ from snapref.errors import (
     AlreadyExistsError,
     InvalidInputError,
     InvalidReferenceError,
+    NotFoundError,
     RepositoryNotFoundError,
     VersionNotFoundError,
 )
@@ -167,6 +168,12 @@ class Repository:
     def manifest(self, snapshot: Snapshot) -> Manifest:
         """The (lazily loaded) manifest of ``snapshot``."""
         return Manifest.load(self.warehouse, snapshot.manifest)
+
+    def changes(self, snapshot: Snapshot) -> dict[str, str]:
+        """The keys ``snapshot`` changed: ``{key: "A" | "M" | "D"}``, sorted by key."""
+        if not snapshot.parents:
+            return dict.fromkeys(sorted(self.manifest(snapshot)), "A")
+        return self.catalog.changes(snapshot.id)
 
     def log(self, name: str, branch: str | None = None) -> list[Snapshot]:
         """The versions of ``branch`` (default ``main``), newest first."""
@@ -545,6 +552,8 @@ def init(
         If a repository exists at ``url``.
     InvalidInputError
         If a remote warehouse has no ``catalog``.
+    NotFoundError
+        If the warehouse's bucket does not exist.
     """
     warehouse = Warehouse(url, storage_options)
     config_path = warehouse.path(CONFIG_FILE)
@@ -560,9 +569,21 @@ def init(
         recorded = EMBEDDED_CATALOG
     else:
         recorded = _without_password(catalog)
-    cat = Catalog.create(_catalog_url(warehouse, recorded) if catalog is None else catalog)
     config = {"format": 1, "catalog": recorded}
-    warehouse.fs.pipe_file(config_path, ujson.dumps(config, indent=2).encode())
+    # Claim the warehouse before creating the catalog: when the warehouse cannot be
+    # written (no such bucket), no catalog is left behind to block a retry.
+    try:
+        warehouse.fs.pipe_file(config_path, ujson.dumps(config, indent=2).encode())
+    except FileNotFoundError as exc:
+        raise NotFoundError(
+            f"Cannot create a repository at {warehouse.url}: {exc}. Create the bucket "
+            "first, or check the URL and --storage-option settings"
+        ) from exc
+    try:
+        cat = Catalog.create(_catalog_url(warehouse, recorded) if catalog is None else catalog)
+    except BaseException:
+        warehouse.fs.rm_file(config_path)
+        raise
     return Repository(warehouse, cat)
 
 

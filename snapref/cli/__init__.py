@@ -314,7 +314,7 @@ def show(obj: Context, spec: str, as_json: bool) -> None:
     repo = obj.repo()
     snap = repo.resolve(name, version)
     manifest = repo.manifest(snap)
-    changes = repo.catalog.changes(snap.id)
+    changes = repo.changes(snap)
     info = {
         **snap.to_json(),
         "refs": [r.name for r in repo.refs(name) if r.snapshot_id == snap.id],

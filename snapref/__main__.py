@@ -1,0 +1,5 @@
+"""``python -m snapref`` runs the command line."""
+
+from snapref.cli import main
+
+main()
