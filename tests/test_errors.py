@@ -150,3 +150,26 @@ def test_names_are_checked(air: snapref.Repository) -> None:
         air.tag("air", 1, "v1")
     with pytest.raises(snapref.AlreadyExistsError, match="exists already"):
         air.import_references("air", {".zgroup": "{}"})
+
+
+def test_crash_before_the_swap_leaves_the_old_version(
+    air: snapref.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(air.catalog, "commit", crash)
+    with pytest.raises(KeyboardInterrupt):
+        with air.transaction("air", message="lost") as tx:
+            zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 123
+    monkeypatch.undo()
+    # the object was written but nothing reaches it; the old version is intact
+    assert air.head("air").version == 1
+    assert _count(air, "snapshots") == 1
+    assert snapref.open(air, "air")["temp"][0, 0, 0] != 123
+    # and the same change commits fine afterwards (the object is reused, not rewritten)
+    with air.transaction("air", message="again") as tx2:
+        zarr.open_group(tx2.store, mode="r+")["temp"][0, 0, 0] = 123
+    assert tx2.snapshot is not None
+    assert tx2.snapshot.summary["objects_written"] == 0
+    assert snapref.open(air, "air")["temp"][0, 0, 0] == 123

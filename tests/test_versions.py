@@ -139,3 +139,23 @@ def test_exported_references_open_with_plain_fsspec(air: snapref.Repository) -> 
             g["temp"][:], snapref.open(air, "air", version)["temp"][:]
         )
     assert (g["temp"][3] == 42).all()
+
+
+def test_groups_can_be_created_and_deleted(air: snapref.Repository) -> None:
+    with air.transaction("air", message="add a group") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        qc = g.create_group("qc")
+        qc.attrs["method"] = "manual"
+        flags = qc.create_array("flags", shape=(8,), chunks=(4,), dtype="u1")
+        flags[:] = np.arange(8)
+    g2 = snapref.open(air, "air")
+    assert g2["qc"].attrs["method"] == "manual"
+    np.testing.assert_array_equal(g2["qc/flags"][:], np.arange(8))
+    with air.transaction("air", message="drop it") as tx:
+        del zarr.open_group(tx.store, mode="r+")["qc"]
+    assert "qc" not in snapref.open(air, "air")
+    assert "qc" in snapref.open(air, "air", 2)
+    assert air.changes(air.head("air")) == {
+        "qc/.zattrs": "D", "qc/.zgroup": "D", "qc/flags/.zarray": "D", "qc/flags/.zattrs": "D",
+        "qc/flags/0": "D", "qc/flags/1": "D",
+    }
