@@ -5,11 +5,13 @@ manifest (invariant 5): inline bytes come from the manifest, virtual references 
 read from their source files through fsspec (nearby ranges merged by
 ``ReferenceFileSystem.cat``), and warehouse objects are read and checked against their
 hash. Writes and deletes are *staged* in :class:`StagedReferences`; a transaction
-turns them into a new snapshot when it commits.
+turns them into a new snapshot when it commits. :class:`SnapshotStore` is the zarr 3
+store over it, held to zarr's store conformance suite.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -18,13 +20,14 @@ from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from fsspec.implementations.reference import ReferenceFileSystem
 from fsspec.utils import get_protocol
+from zarr.storage import FsspecStore
 
 from snapref.errors import DisallowedSourceError, ReadOnlyError
 from snapref.keys import validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
 from snapref.objects import ContentStore
 
-__all__ = ["SnapshotFileSystem", "SourcePolicy", "StagedReferences"]
+__all__ = ["SnapshotFileSystem", "SnapshotStore", "SourcePolicy", "StagedReferences"]
 
 
 class SourcePolicy:
@@ -106,74 +109,66 @@ class StagedReferences(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(self.keys_under(""))
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when made of the same version and the same staged edits (cheap: no
+        shard is read)."""
+        if not isinstance(other, StagedReferences):
+            return NotImplemented
+        return (
+            self.base.warehouse.url == other.base.warehouse.url
+            and self.base.digest == other.base.digest
+            and self.staged == other.staged
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
     def keys_under(self, path: str) -> list[str]:
         """Every key at or below ``path``, sorted (loads the shards of arrays below)."""
-        prefix = f"{path}/" if path else ""
-        keys = set(self._base_keys(path))
-        for key, value in self.staged.items():
-            if key == path or key.startswith(prefix):
-                if value is None:
-                    keys.discard(key)
-                else:
-                    keys.add(key)
+        keys = set(self._visible(f"{path}/" if path else ""))
+        if path and path in self:
+            keys.add(path)
         return sorted(keys)
 
-    def _base_keys(self, path: str) -> Iterator[str]:
-        prefix = f"{path}/" if path else ""
-
-        def under(k: str) -> bool:
-            return k == path or k.startswith(prefix)
-
-        yield from (k for k in self.base.meta_keys() if under(k))
-        for array in self.base.arrays:
-            # chunks of arrays at, below or above the path
-            if under(array) or (path and path.startswith(f"{array}/" if array else "")):
-                yield from (k for k, _ in self.base.section_items(f"array:{array}") if under(k))
+    def is_dir(self, path: str) -> bool:
+        """True if some key lies below ``path`` (stops at the first one found)."""
+        return path == "" or next(self._visible(f"{path}/"), None) is not None
 
     def list_dir(self, path: str) -> dict[str, bool]:
         """Direct children of ``path``: name -> is it a directory."""
         prefix = f"{path}/" if path else ""
         children: dict[str, bool] = {}
-        for key in self._child_candidates(path):
-            if not key.startswith(prefix) or key == path:
-                continue
+        for key in self._visible(prefix, one_per_array_below=True):
             head, sep, _ = key[len(prefix) :].partition("/")
             full = prefix + head
             children[full] = children.get(full, False) or bool(sep)
         return children
 
-    def _child_candidates(self, path: str) -> Iterator[str]:
-        prefix = f"{path}/" if path else ""
-        staged_deleted = {k for k, v in self.staged.items() if v is None}
+    def _visible(self, prefix: str, one_per_array_below: bool = False) -> Iterator[str]:
+        """Keys starting with ``prefix`` that are staged or in the base and not staged
+        as deleted, lazily (a key may come twice).
+
+        A chunk section is read only if its array can hold such keys, and one shard
+        at a time; with ``one_per_array_below``, an array whose folder lies below the
+        prefix yields only its first visible chunk — enough to name a child folder.
+        """
+        for key, value in self.staged.items():
+            if value is not None and key.startswith(prefix):
+                yield key
         for key in self.base.meta_keys():
-            if key not in staged_deleted:
+            if key.startswith(prefix) and key not in self.staged:
                 yield key
         for array in self.base.arrays:
-            if array.startswith(prefix) and array != path:
-                # the array's own folder is a child; no need to load its chunks
-                if any(k not in staged_deleted for k in self._array_keys_sample(array)):
-                    yield f"{array}/"
-            elif array == path or (path and path.startswith(f"{array}/" if array else "")):
-                for key, _ in self.base.section_items(f"array:{array}"):
-                    if key not in staged_deleted:
-                        yield key
-        for key, value in self.staged.items():
-            if value is not None:
-                yield key
-
-    def _array_keys_sample(self, array: str) -> list[str]:
-        infos = self.base.sections.get(f"array:{array}", [])
-        return [infos[0].first] if infos else []
-
-    def is_dir(self, path: str) -> bool:
-        if path == "":
-            return True
-        prefix = f"{path}/"
-        if any(k.startswith(prefix) for k, v in self.staged.items() if v is not None):
-            return True
-        if any(a == path or a.startswith(prefix) for a in self.base.arrays):
-            return bool(self.keys_under(path))
-        return any(k.startswith(prefix) and k not in self.staged for k in self.base.meta_keys())
+            folder = f"{array}/" if array else ""
+            if not (folder.startswith(prefix) or prefix.startswith(folder)):
+                continue
+            chunks: Iterator[str] = (
+                key
+                for key, _ in self.base.section_items(f"array:{array}")
+                if key.startswith(prefix) and key not in self.staged
+            )
+            if one_per_array_below and folder != prefix and folder.startswith(prefix):
+                chunks = itertools.islice(chunks, 1)
+            yield from chunks
 
     # -- writing -----------------------------------------------------------------------
 
@@ -229,20 +224,97 @@ class SnapshotFileSystem(ReferenceFileSystem):
         self._objects = objects
         self._warehouse_fs = warehouse_fs
         self._policy = policy
+        self._source_options = dict(source_options or {})
         self._read_only = read_only
-        fss = _source_filesystems(policy.prefixes, source_options or {}, asynchronous)
+        #: the transaction's filesystem this is a read-only view of (see read_only_view)
+        self._writable: SnapshotFileSystem | None = None
+        fss = _source_filesystems(policy.prefixes, self._source_options, asynchronous)
         super().__init__(fo=references, fs=fss, asynchronous=asynchronous, loop=loop, **kwargs)
 
     @property
     def staged(self) -> StagedReferences:
         return self._staged
 
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def read_only_view(self) -> SnapshotFileSystem:
+        """A read-only filesystem over the same staged state (it sees later writes)."""
+        if self._read_only:
+            return self
+        view = SnapshotFileSystem(
+            self._staged,
+            self._objects,
+            self._warehouse_fs,
+            self._policy,
+            source_options=self._source_options,
+            read_only=True,
+            asynchronous=self.asynchronous,
+        )
+        view.fss = self.fss  # share the source filesystems (and their sessions)
+        view._writable = self
+        return view
+
+    def writable(self) -> SnapshotFileSystem:
+        """The writable filesystem of the transaction this is a view of (or itself).
+
+        Raises
+        ------
+        ReadOnlyError
+            If this is a view of a committed version, or a copy made by unpickling.
+        """
+        if not self._read_only:
+            return self
+        if self._writable is None:
+            raise ReadOnlyError(
+                "This is a read-only view of a version (or an unpickled copy of one); it "
+                "cannot be made writable. Open a transaction (repo.transaction(...)) and "
+                "use its store to make changes."
+            )
+        return self._writable
+
     def _check_writable(self, path: str) -> None:
+        if self._read_only and self._writable is not None:
+            raise ReadOnlyError(
+                f"Cannot write {path!r}: this is a read-only view of a transaction; write "
+                "through the transaction's own store or fs (tx.store, tx.fs)."
+            )
         if self._read_only:
             raise ReadOnlyError(
                 f"Cannot write {path!r}: this is a read-only view of a version. Open a "
                 "transaction (repo.transaction(...)) to make changes."
             )
+
+    # -- equality and pickling ---------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when both show the same version with the same staged edits, with the
+        same permissions (read-only or not) and the same allowed sources."""
+        return (
+            isinstance(other, SnapshotFileSystem)
+            and self._read_only == other._read_only
+            and self._policy.prefixes == other._policy.prefixes
+            and self._source_options == other._source_options
+            and self._staged == other._staged
+        )
+
+    def __hash__(self) -> int:
+        base = self._staged.base
+        return hash((self._read_only, base.warehouse.url, base.digest))
+
+    def __reduce__(self) -> Any:
+        # A copy in another process (a dask worker, say) could stage writes, but they
+        # would never reach the transaction's commit: refuse rather than lose them.
+        if not self._read_only:
+            raise TypeError(
+                "Cannot pickle the writable filesystem or store of a snapref transaction: "
+                "its staged edits live in this process, and writes made through a copy "
+                "would never be committed. Write from this process (dask's threaded "
+                "scheduler does), or pickle a read-only view (store.with_read_only(True)) "
+                "to read the staged state elsewhere."
+            )
+        return super().__reduce__()
 
     # -- reads -------------------------------------------------------------------------
 
@@ -342,7 +414,11 @@ class SnapshotFileSystem(ReferenceFileSystem):
         return self.isdir(path)
 
     async def _isfile(self, path: str) -> bool:
-        return self.isfile(path)
+        try:
+            await self._staged.get_async(self._strip_protocol(path), self._warehouse_fs)
+        except KeyError:
+            return False
+        return True
 
     async def _exists(self, path: str, **kwargs: Any) -> bool:
         return self.exists(path)
@@ -435,13 +511,17 @@ class SnapshotFileSystem(ReferenceFileSystem):
         for p in paths:
             p = self._strip_protocol(p).strip("/")
             self._check_writable(p)
-            if p in self._staged:
-                self._staged.pop(p, None)
+            if recursive:
+                # the key ``p`` and everything below it, like rm -r
+                keys = self._staged.keys_under(p)
+                if not keys and p:
+                    raise FileNotFoundError(p)
+                for key in keys:
+                    del self._staged[key]
+            elif p in self._staged:
+                del self._staged[p]
             elif self._staged.is_dir(p):
-                if not recursive:
-                    raise IsADirectoryError(p)
-                for key in self._staged.keys_under(p):
-                    self._staged.pop(key, None)
+                raise IsADirectoryError(p)
             else:
                 raise FileNotFoundError(p)
 
@@ -452,6 +532,70 @@ class SnapshotFileSystem(ReferenceFileSystem):
         raise NotImplementedError(
             "Use Repository.checkout(...) to export a version as a reference set"
         )
+
+
+class SnapshotStore(FsspecStore):
+    """The zarr store of a version (read-only) or of a transaction (writable).
+
+    An ``FsspecStore`` over a :class:`SnapshotFileSystem`, which differs in four ways:
+
+    - a read-only store reads through a read-only view of the filesystem, so nothing
+      can be written through ``store.fs`` either, and pickling the store (for dask
+      workers) copies exactly the state it shows; ``with_read_only(False)`` returns to
+      the transaction's writable filesystem;
+    - a writable store cannot be pickled (see :meth:`SnapshotFileSystem.__reduce__`);
+    - ``exists`` and ``getsize`` are about keys, not folders, as in ``LocalStore``;
+    - ``clear`` stages the deletion of every key at once.
+
+    Raises
+    ------
+    ReadOnlyError
+        When asked for a writable store over a view of a committed version.
+    """
+
+    fs: SnapshotFileSystem
+
+    def __init__(
+        self,
+        fs: SnapshotFileSystem,
+        read_only: bool = False,
+        path: str = "",
+        allowed_exceptions: tuple[type[Exception], ...] = (
+            FileNotFoundError,
+            IsADirectoryError,
+            NotADirectoryError,
+        ),
+    ) -> None:
+        fs = fs.read_only_view() if read_only else fs.writable()
+        super().__init__(fs, read_only=read_only, path=path, allowed_exceptions=allowed_exceptions)
+
+    def with_read_only(self, read_only: bool = False) -> SnapshotStore:
+        return type(self)(
+            self.fs, read_only=read_only, path=self.path, allowed_exceptions=self.allowed_exceptions
+        )
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.fs, self.read_only, self.path, self.allowed_exceptions)
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "writable"
+        return f"<SnapshotStore({mode}, path={self.path!r})>"
+
+    def _fs_path(self, key: str) -> str:
+        root = self.path.rstrip("/")
+        return (f"{root}/{key}" if root else key).rstrip("/")
+
+    async def exists(self, key: str) -> bool:
+        return await self.fs._isfile(self._fs_path(key))
+
+    async def getsize(self, key: str) -> int:
+        info = await self.fs._info(self._fs_path(key))
+        if info["type"] != "file":
+            raise FileNotFoundError(key)
+        return int(info["size"])
+
+    async def clear(self) -> None:
+        await self.delete_dir("")
 
 
 def _source_filesystems(

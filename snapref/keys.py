@@ -7,6 +7,7 @@ them: ``.zgroup``, ``temp/.zarray``, ``temp/3.4``, ``temp/zarr.json``, ``temp/c/
 from __future__ import annotations
 
 import posixpath
+import re
 
 import ujson
 
@@ -24,6 +25,10 @@ __all__ = [
 #: File names that hold zarr metadata (v2 and v3). They are small JSON documents kept
 #: inline in the manifest; everything else under an array is a chunk.
 METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr.json"})
+
+
+_CHUNK_INDEX = re.compile(r"[0-9]+(?:[./][0-9]+)*", re.ASCII)
+_SEPARATOR = re.compile(r"[./]")
 
 
 def validate_key(key: str) -> str:
@@ -96,7 +101,6 @@ def chunk_coords(array: str, key: str) -> tuple[int, ...] | None:
         return ()
     if rest.startswith(("c/", "c.")):
         rest = rest[2:]
-    parts = rest.replace("/", ".").split(".")
-    if not all(p.isascii() and p.isdigit() for p in parts):
+    if _CHUNK_INDEX.fullmatch(rest) is None:
         return None
-    return tuple(int(p) for p in parts)
+    return tuple(map(int, _SEPARATOR.split(rest)))

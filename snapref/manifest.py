@@ -107,17 +107,10 @@ _INLINE, _OBJECT, _VIRTUAL = 0, 1, 2
 
 def encode_shard(entries: list[tuple[str, Ref]]) -> bytes:
     """Parquet bytes of a shard holding ``entries`` (already in section order)."""
-    cols: dict[str, list[Any]] = {name: [] for name in _SCHEMA.names}
-    for key, ref in entries:
-        cols["key"].append(key)
-        if isinstance(ref, InlineRef):
-            row = (_INLINE, ref.data, None, None, None, len(ref.data))
-        elif isinstance(ref, ObjectRef):
-            row = (_OBJECT, None, ref.digest, None, None, ref.size)
-        else:
-            row = (_VIRTUAL, None, None, ref.url, ref.offset, ref.length)
-        for name, value in zip(_SCHEMA.names[1:], row, strict=True):
-            cols[name].append(value)
+    rows = [_row_of_ref(ref) for _, ref in entries]
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 6
+    cols = {"key": [key for key, _ in entries]}
+    cols.update(zip(_SCHEMA.names[1:], (list(c) for c in columns), strict=True))
     table = pa.table(cols, schema=_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(
@@ -129,6 +122,15 @@ def encode_shard(entries: list[tuple[str, Ref]]) -> bytes:
         store_schema=False,
     )
     return buf.getvalue()
+
+
+def _row_of_ref(ref: Ref) -> tuple[Any, ...]:
+    if type(ref) is VirtualRef:
+        return (_VIRTUAL, None, None, ref.url, ref.offset, ref.length)
+    if type(ref) is ObjectRef:
+        return (_OBJECT, None, ref.digest, None, None, ref.size)
+    assert isinstance(ref, InlineRef)
+    return (_INLINE, ref.data, None, None, None, len(ref.data))
 
 
 class Shard:
@@ -423,8 +425,10 @@ class ManifestWriter:
         firsts = [_sort_key(name, s.first) for s in infos]
         # group the changed keys by the shard that holds (or would hold) them
         groups: dict[int, dict[str, Ref | None]] = {}
-        for key, ref in changes.items():
-            i = max(bisect.bisect_right(firsts, _sort_key(name, key)) - 1, 0) if infos else 0
+        if not infos:
+            groups[0] = changes  # a new section: everything goes into fresh shards
+        for key, ref in changes.items() if infos else ():
+            i = max(bisect.bisect_right(firsts, _sort_key(name, key)) - 1, 0)
             groups.setdefault(i, {})[key] = ref
         result: list[ShardInfo] = []
         for i in range(max(len(infos), 1)):

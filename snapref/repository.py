@@ -323,7 +323,7 @@ class Repository:
 
         Returns the new snapshot, or None if the file changes nothing.
         """
-        record = _checkout_record(refs) if parent is None else None
+        record = _checkout_record(refs, storage_options) if parent is None else None
         if parent is None and record is None:
             raise InvalidInputError(
                 "Cannot tell which version this reference set was checked out from: it "
@@ -371,7 +371,7 @@ class Repository:
             properties=properties,
             allow_sources=allow_sources,
         )
-        if snap is not None and isinstance(refs, str) and "://" not in refs:
+        if snap is not None and isinstance(refs, str) and refs != "-":
             # the file now matches the new version: further edits continue from it
             _write_record(refs + SIDECAR_SUFFIX, self._record(snap, branch), storage_options)
         return snap
@@ -479,9 +479,12 @@ class Repository:
         return self._filesystem(staged, name, asynchronous=asynchronous, read_only=True)
 
     def store(self, name: str, version: VersionSpec = None, **kw: Any) -> FsspecStore:
-        """A read-only zarr 3 store over one version of ``name``."""
+        """A read-only zarr 3 store (a :class:`~snapref.fs.SnapshotStore`) over one
+        version of ``name``."""
+        from snapref.fs import SnapshotStore
+
         fs = self.filesystem(name, version, asynchronous=True, **kw)
-        return FsspecStore(fs, read_only=True, path="")
+        return SnapshotStore(fs, read_only=True)
 
     def open(self, name: str, version: VersionSpec = None, **kw: Any) -> zarr.Group:
         """Version ``version`` of ``name`` as a read-only zarr Group."""
@@ -709,7 +712,9 @@ def _write_record(
         f.write(ujson.dumps(record, indent=2).encode())
 
 
-def _checkout_record(refs: Mapping[str, Any] | str) -> dict[str, Any] | None:
+def _checkout_record(
+    refs: Mapping[str, Any] | str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The checkout record of a reference set: its sidecar file (kept current by
     commits), else the record inside it (which ``fs.save_json`` drops)."""
     import fsspec
@@ -718,12 +723,12 @@ def _checkout_record(refs: Mapping[str, Any] | str) -> dict[str, Any] | None:
         rec = refs.get("snapref")
         return rec if isinstance(rec, dict) else None
     try:
-        with fsspec.open(refs + SIDECAR_SUFFIX, "rb") as f:
+        with fsspec.open(refs + SIDECAR_SUFFIX, "rb", **dict(storage_options or {})) as f:
             return dict(ujson.loads(f.read()))
     except (FileNotFoundError, ValueError, TypeError):
         pass
     try:
-        doc = load_reference_file(refs)
+        doc = load_reference_file(refs, storage_options)
     except InvalidReferenceError:
         return None
     rec = doc.get("snapref") if isinstance(doc, dict) else None

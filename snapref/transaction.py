@@ -19,11 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from zarr.storage import FsspecStore
-
 from snapref.catalog import Snapshot
 from snapref.errors import TransactionClosedError
-from snapref.fs import SnapshotFileSystem, StagedReferences
+from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
 from snapref.keys import is_metadata_key
 from snapref.manifest import InlineRef, Manifest, ManifestWriter, ObjectRef, Ref, VirtualRef
 from snapref.objects import content_hash
@@ -59,7 +57,10 @@ class ChangeSet:
 
     def without_noops(self, base: Manifest) -> ChangeSet:
         """The changes that really differ from ``base`` (and only their objects)."""
-        real = {k: r for k, r in self.changes.items() if base.get(k) != r}
+        if base.is_empty:
+            real = {k: r for k, r in self.changes.items() if r is not None}
+        else:
+            real = {k: r for k, r in self.changes.items() if base.get(k) != r}
         needed = {r.digest for r in real.values() if isinstance(r, ObjectRef)}
         return ChangeSet(real, {d: b for d, b in self.objects.items() if d in needed})
 
@@ -121,8 +122,10 @@ def commit_changes(
         "summary": summary,
     }
     if parent is None:
+        # a dataset's first version added every key of its manifest: no rows needed
+        # (Repository.changes derives them), which keeps big imports fast
         return repo.catalog.create_dataset(
-            dataset, row, ops, sources=[*allow_sources, *new_sources], description=description
+            dataset, row, {}, sources=[*allow_sources, *new_sources], description=description
         )
     return repo.catalog.commit(
         dataset, branch, parent.id, row, ops, sources=[*allow_sources, *new_sources]
@@ -135,7 +138,7 @@ def _summarize(
     ops: dict[str, str] = {}
     counts = {"chunks_added": 0, "chunks_modified": 0, "chunks_removed": 0, "metadata_changed": 0}
     for key, ref in changes.items():
-        before = base.get(key)
+        before = None if base.is_empty else base.get(key)
         op = "D" if ref is None else ("A" if before is None else "M")
         ops[key] = op
         if is_metadata_key(key):
@@ -154,7 +157,7 @@ class Transaction:
     ----------
     fs : SnapshotFileSystem
         Writable reference filesystem (synchronous fsspec API).
-    store : zarr.storage.FsspecStore
+    store : SnapshotStore
         zarr 3 store over the same staged state, for zarr and xarray.
     parent : Snapshot
         The version the edits start from.
@@ -189,7 +192,7 @@ class Transaction:
         self._afs = repo._filesystem(
             self.staged, dataset, asynchronous=True, extra_sources=self.allow_sources
         )
-        self.store = FsspecStore(self._afs, path="")
+        self.store = SnapshotStore(self._afs)
         self.snapshot: Snapshot | None = None
         self._closed = False
 

@@ -14,6 +14,7 @@ import pytest
 from kerchunk.hdf import SingleHdf5ToZarr
 
 import snapref
+from tests.s3_fixtures import *  # noqa: F403
 
 # Never let a test pick up credentials or a repository from the environment.
 for _var in ("SNAPREF_REPO", "SNAPREF_CATALOG", "AWS_PROFILE"):

@@ -54,8 +54,17 @@ def test_blog_workflow(run: Any, tmp_path: Path, kerchunk_refs: dict[str, Any]) 
 
     log = json.loads(run("log", "air", "--json").output)
     assert [e["version"] for e in log] == [3, 2, 1]
-    for field in ("version", "id", "timestamp", "author", "message", "parents", "branch",
-                  "properties", "summary"):
+    for field in (
+        "version",
+        "id",
+        "timestamp",
+        "author",
+        "message",
+        "parents",
+        "branch",
+        "properties",
+        "summary",
+    ):
         assert field in log[0]
     for field in ("chunks_added", "chunks_modified", "chunks_removed", "bytes_written"):
         assert field in log[0]["summary"]

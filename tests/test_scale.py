@@ -18,8 +18,14 @@ def _virtual_dataset(tmp_path: Path, side: int) -> dict:
     blob = tmp_path / f"blob{side}.bin"
     blob.write_bytes(np.arange(side * side, dtype="<u2").tobytes())
     zarray = {
-        "zarr_format": 2, "shape": [side, side], "chunks": [1, 1], "dtype": "<u2",
-        "compressor": None, "fill_value": 0, "order": "C", "filters": None,
+        "zarr_format": 2,
+        "shape": [side, side],
+        "chunks": [1, 1],
+        "dtype": "<u2",
+        "compressor": None,
+        "fill_value": 0,
+        "order": "C",
+        "filters": None,
     }
     refs = {".zgroup": json.dumps({"zarr_format": 2}), "v/.zarray": json.dumps(zarray)}
     for i in range(side):

@@ -46,9 +46,7 @@ def test_catalog_of_another_version_is_refused(tmp_path: Path) -> None:
 
 def test_manifest_spec_matches_shard_schema() -> None:
     spec = json.loads((SCHEMAS / "manifest-v1.json").read_text())
-    assert [tuple(c) for c in spec["shard"]["columns"]] == [
-        (f.name, str(f.type)) for f in _SCHEMA
-    ]
+    assert [tuple(c) for c in spec["shard"]["columns"]] == [(f.name, str(f.type)) for f in _SCHEMA]
 
 
 def test_manifest_list_fields_match_what_is_written(tmp_path: Path) -> None:
@@ -57,9 +55,7 @@ def test_manifest_list_fields_match_what_is_written(tmp_path: Path) -> None:
         "d", {".zgroup": '{"zarr_format": 2}', "x/.zarray": _zarray(), "x/0": "abc"}, "m"
     )
     spec = json.loads((SCHEMAS / "manifest-v1.json").read_text())["manifest_list"]
-    doc = json.loads(
-        repo.warehouse.content("manifests", ".json").get(snap.manifest).decode()
-    )
+    doc = json.loads(repo.warehouse.content("manifests", ".json").get(snap.manifest).decode())
     assert sorted(doc) == sorted(spec["fields"])
     for infos in doc["sections"].values():
         for info in infos:
@@ -70,7 +66,13 @@ def test_manifest_list_fields_match_what_is_written(tmp_path: Path) -> None:
 def _zarray() -> str:
     return json.dumps(
         {
-            "zarr_format": 2, "shape": [3], "chunks": [3], "dtype": "|u1",
-            "compressor": None, "fill_value": 0, "order": "C", "filters": None,
+            "zarr_format": 2,
+            "shape": [3],
+            "chunks": [3],
+            "dtype": "|u1",
+            "compressor": None,
+            "fill_value": 0,
+            "order": "C",
+            "filters": None,
         }
     )

@@ -118,8 +118,14 @@ def test_version_0_references_with_inline_documents(repo: snapref.Repository) ->
     refs = {
         ".zgroup": {"zarr_format": 2},
         "x/.zarray": {
-            "zarr_format": 2, "shape": [4], "chunks": [4], "dtype": "<i2",
-            "compressor": None, "fill_value": 0, "order": "C", "filters": None,
+            "zarr_format": 2,
+            "shape": [4],
+            "chunks": [4],
+            "dtype": "<i2",
+            "compressor": None,
+            "fill_value": 0,
+            "order": "C",
+            "filters": None,
         },
         "x/0": "base64:" + "AQACAAMABAA=",
     }
@@ -135,9 +141,7 @@ def test_exported_references_open_with_plain_fsspec(air: snapref.Repository) -> 
         assert "snapref" not in refs  # a plain kerchunk reference set
         fs = fsspec.filesystem("reference", fo=refs, asynchronous=True)
         g = zarr.open_group(zarr.storage.FsspecStore(fs, path=""), mode="r", zarr_format=2)
-        np.testing.assert_array_equal(
-            g["temp"][:], snapref.open(air, "air", version)["temp"][:]
-        )
+        np.testing.assert_array_equal(g["temp"][:], snapref.open(air, "air", version)["temp"][:])
     assert (g["temp"][3] == 42).all()
 
 
@@ -156,6 +160,10 @@ def test_groups_can_be_created_and_deleted(air: snapref.Repository) -> None:
     assert "qc" not in snapref.open(air, "air")
     assert "qc" in snapref.open(air, "air", 2)
     assert air.changes(air.head("air")) == {
-        "qc/.zattrs": "D", "qc/.zgroup": "D", "qc/flags/.zarray": "D", "qc/flags/.zattrs": "D",
-        "qc/flags/0": "D", "qc/flags/1": "D",
+        "qc/.zattrs": "D",
+        "qc/.zgroup": "D",
+        "qc/flags/.zarray": "D",
+        "qc/flags/.zattrs": "D",
+        "qc/flags/0": "D",
+        "qc/flags/1": "D",
     }

@@ -135,4 +135,3 @@ def ddl(dialect: str = "sqlite") -> str:
             parts.append(str(CreateIndex(index).compile(dialect=d)).strip() + ";")
     text = "\n\n".join(parts) + "\n"
     return "\n".join(line.rstrip() for line in text.split("\n"))
-

@@ -111,8 +111,8 @@ prop_option = click.option(
     "storage_options",
     multiple=True,
     metavar="KEY=VALUE",
-    help="fsspec option for the warehouse (credentials, endpoint_url, ...); repeatable. "
-    "Never stored.",
+    help="fsspec option for the warehouse and for reference files at remote URLs "
+    "(credentials, endpoint_url, ...); repeatable. Never stored.",
 )
 @click.pass_context
 def cli(ctx: click.Context, repo_url: str | None, storage_options: tuple[str, ...]) -> None:
@@ -211,7 +211,12 @@ def checkout(obj: Context, spec: str, output: str, as_json: bool) -> None:
         snapref checkout air@3 -o work.json
     """
     name, version = split_spec(spec)
-    snap = obj.repo().checkout(name, version, output)
+    snap = obj.repo().checkout(
+        name,
+        version,
+        output,
+        storage_options=obj.storage_options if "://" in output else None,
+    )
     if as_json:
         _emit_json({"path": output, **snap.to_json()})
     else:
@@ -266,6 +271,7 @@ def commit(
         author=author,
         properties=_pairs(props, "--prop"),
         allow_sources=allow_sources,
+        storage_options=obj.storage_options if "://" in refs else None,
     )
     if snap is None:
         if as_json:

@@ -1,0 +1,331 @@
+"""The whole journey with the warehouse and the source file on S3 (a moto server on
+loopback): init with an SQL catalog elsewhere, connect from the warehouse alone,
+import kerchunk references to an HDF5 object nobody may change, edit, commit, travel
+in time — in Python and through the CLI — and never store a credential."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+import xarray as xr
+import zarr
+from click.testing import CliRunner, Result
+from kerchunk.hdf import SingleHdf5ToZarr
+from zarr.storage import FsspecStore
+
+import snapref
+from snapref.cli import cli
+from snapref.manifest import VirtualRef
+from tests.conftest import TEMP_SHAPE, make_hdf5, temp_values
+from tests.s3_fixtures import BUCKET
+
+REPO = f"s3://{BUCKET}/wh"
+SOURCE = f"s3://{BUCKET}/source/air.h5"
+SOURCE_KEY = f"{BUCKET}/source/air.h5"
+OBJECTS = f"{BUCKET}/wh/objects"
+
+
+def _catalog_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'catalog.db'}"  # tmp_path is absolute: sqlite:////...
+
+
+def _objects(fs: s3fs.S3FileSystem) -> dict[str, bytes]:
+    """Every chunk object of the warehouse: path -> bytes."""
+    paths = fs.find(OBJECTS)
+    return {p: fs.cat_file(p) for p in paths}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def s3_source(s3_bucket: dict[str, Any], s3_fs: s3fs.S3FileSystem, tmp_path: Path) -> str:
+    """The HDF5 test file, uploaded to :data:`SOURCE`."""
+    local = make_hdf5(tmp_path / "air.h5")
+    s3_fs.put_file(str(local), SOURCE_KEY)
+    return SOURCE
+
+
+@pytest.fixture
+def s3_refs(s3_source: str, s3_bucket: dict[str, Any]) -> dict[str, Any]:
+    """kerchunk references to the HDF5 object on S3: chunks virtual, small arrays inline."""
+    return SingleHdf5ToZarr(s3_source, storage_options=s3_bucket, inline_threshold=500).translate()
+
+
+def _expected_after_edit() -> np.ndarray:
+    expected = temp_values()
+    expected[1, 5, 10:14] /= 2  # inside chunk temp/0.0.0
+    expected[7, 39, 59] = -1.0  # the last chunk, temp/3.1.2
+    return expected
+
+
+def test_init_then_connect_from_the_warehouse_stores_no_credentials(
+    s3_bucket: dict[str, Any],
+    s3_fs: s3fs.S3FileSystem,
+    s3_refs: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    catalog = _catalog_url(tmp_path)
+    with snapref.init(REPO, catalog=catalog, storage_options=s3_bucket) as repo:
+        assert repo.url == REPO
+        repo.import_references("air", s3_refs, message="Import air.h5 from S3")
+        with repo.transaction("air", message="Edit on S3") as tx:
+            zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1.0
+    with pytest.raises(snapref.AlreadyExistsError):
+        snapref.init(REPO, catalog=catalog, storage_options=s3_bucket)
+    assert json.loads(s3_fs.cat_file(f"{BUCKET}/wh/snapref.json")) == {
+        "format": 1,
+        "catalog": catalog,
+    }
+
+    # the warehouse URL and the storage options are all connect needs
+    with snapref.connect(REPO, storage_options=s3_bucket) as repo:
+        assert repo.datasets() == ["air"]
+        assert [s.message for s in repo.log("air")] == ["Edit on S3", "Import air.h5 from S3"]
+        assert snapref.open(repo, "air")["temp"][0, 0, 0] == 1.0
+
+    secrets = {
+        s3_bucket["key"].encode(),
+        s3_bucket["secret"].encode(),
+        s3_bucket["endpoint_url"].removeprefix("http://").encode(),  # host:port
+    }
+    files = {p: s3_fs.cat_file(p) for p in s3_fs.find(BUCKET)}
+    assert f"{BUCKET}/wh/snapref.json" in files
+    assert any(p.endswith(".parquet") for p in files)
+    for path, data in files.items():
+        texts = [data]
+        if path.endswith(".parquet"):  # compressed: look at the decoded rows too
+            texts.append(repr(pq.read_table(io.BytesIO(data)).to_pylist()).encode())
+        for text in texts:
+            for secret in secrets:
+                assert secret not in text, f"{secret!r} is stored in s3://{path}"
+    catalog_files = list(tmp_path.glob("catalog.db*"))
+    assert tmp_path / "catalog.db" in catalog_files
+    for path in catalog_files:
+        data = path.read_bytes()
+        assert b"s3://bucket/source/" in data  # the scan sees the catalog's text
+        for secret in secrets:
+            assert secret not in data, f"{secret!r} is stored in {path}"
+
+
+def test_failed_init_leaves_nothing_behind(
+    s3_options: dict[str, Any], s3_fs: s3fs.S3FileSystem, tmp_path: Path
+) -> None:
+    catalog = _catalog_url(tmp_path)
+    with pytest.raises(snapref.NotFoundError, match=f"{REPO}.*Create the bucket"):
+        snapref.init(REPO, catalog=catalog, storage_options=s3_options)
+    assert list(tmp_path.iterdir()) == []  # no catalog that would block a retry
+    s3_fs.mkdir(BUCKET)
+    snapref.init(REPO, catalog=catalog, storage_options=s3_options).close()
+    # a second warehouse cannot take over the catalog, and is not half-created
+    with pytest.raises(snapref.AlreadyExistsError):
+        snapref.init(f"{REPO}2", catalog=catalog, storage_options=s3_options)
+    assert s3_fs.find(BUCKET) == [f"{BUCKET}/wh/snapref.json"]
+
+
+def test_journey_on_s3(
+    s3_bucket: dict[str, Any],
+    s3_fs: s3fs.S3FileSystem,
+    s3_refs: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    source_before = s3_fs.cat_file(SOURCE_KEY)
+    snapref.init(REPO, catalog=_catalog_url(tmp_path), storage_options=s3_bucket).close()
+    repo = snapref.connect(REPO, storage_options=s3_bucket)
+
+    # import: the chunks stay virtual, pointing into the source bucket
+    snap = repo.import_references("air", s3_refs, message="Import air.h5 from S3")
+    assert snap.version == 1
+    assert snap.summary["chunks_added"] == 24 + 3  # temp chunks + time/lat/lon
+    assert repo.sources("air") == [f"s3://{BUCKET}/source/"]
+    manifest = repo.manifest(snap)
+    temp_chunks = {k: manifest[k] for k in manifest if k.startswith("temp/") and "/." not in k}
+    assert len(temp_chunks) == 24
+    assert {type(r) for r in temp_chunks.values()} == {VirtualRef}
+    assert {r.url for r in temp_chunks.values() if isinstance(r, VirtualRef)} == {SOURCE}
+    objects_before = _objects(s3_fs)
+    assert len(objects_before) == 3  # only the small inline time/lat/lon arrays
+    g1 = snapref.open(repo, "air")
+    np.testing.assert_array_equal(g1["temp"][:], temp_values())
+    np.testing.assert_array_equal(g1["lat"][:], np.linspace(-10, 10, TEMP_SHAPE[1]))
+
+    # edit in a transaction with zarr, commit
+    with repo.transaction("air", message="Halve a bad patch") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        g["temp"][1, 5, 10:14] /= 2
+        g["temp"][7, 39, 59] = -1.0
+    assert tx.snapshot is not None and tx.snapshot.version == 2
+    assert tx.snapshot.summary["chunks_modified"] == 2
+    new_objects = {p: b for p, b in _objects(s3_fs).items() if p not in objects_before}
+    assert len(new_objects) == 2  # exactly the changed chunks
+    for path, data in new_objects.items():
+        head, tail = path.split("/")[-2:]
+        assert head + tail == _sha(data)  # content-addressed
+
+    # log
+    log = repo.log("air")
+    assert [s.version for s in log] == [2, 1]
+    assert [s.message for s in log] == ["Halve a bad patch", "Import air.h5 from S3"]
+    assert log[0].parents == (log[1].id,)
+
+    # the synchronous fsspec view reads objects and virtual byte ranges from S3
+    fs = repo.filesystem("air")
+    chunk = manifest["temp/0.0.1"]
+    assert isinstance(chunk, VirtualRef) and chunk.offset is not None and chunk.length
+    raw = source_before[chunk.offset : chunk.offset + chunk.length]
+    assert fs.cat_file("temp/0.0.1") == raw
+    both = fs.cat(["temp/0.0.0", "temp/0.0.1"])
+    assert both["temp/0.0.1"] == raw
+    assert f"{OBJECTS}/{_sha(both['temp/0.0.0'])[:2]}/{_sha(both['temp/0.0.0'])[2:]}" in new_objects
+
+    # time travel, by repository and by URL
+    expected = _expected_after_edit()
+    latest = snapref.open(REPO, "air", storage_options=s3_bucket)
+    np.testing.assert_array_equal(latest["temp"][:], expected)
+    np.testing.assert_array_equal(snapref.open(repo, "air", version=1)["temp"][:], temp_values())
+    ds_new = snapref.open_dataset(repo, "air")
+    ds_old = snapref.open_dataset(repo, "air", version=1)
+    assert ds_new["temp"].dims == ("time", "lat", "lon")
+    np.testing.assert_array_equal(ds_new["temp"].values, expected)
+    np.testing.assert_array_equal(ds_old["temp"].values, temp_values())
+    assert ds_old["temp"].attrs["units"] == "K"
+    xr.testing.assert_identical(ds_old.drop_vars("temp"), ds_new.drop_vars("temp"))
+
+    # the source object was never touched, and nothing was written beside it
+    assert s3_fs.cat_file(SOURCE_KEY) == source_before
+    assert s3_fs.find(f"{BUCKET}/source") == [SOURCE_KEY]
+    repo.close()
+
+
+def test_cli_journey_on_s3(
+    s3_bucket: dict[str, Any],
+    s3_fs: s3fs.S3FileSystem,
+    s3_refs: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("air.json").write_text(json.dumps(s3_refs))
+    source_before = s3_fs.cat_file(SOURCE_KEY)
+    runner = CliRunner()
+    repo_args = ["-R", REPO]
+    for key in ("endpoint_url", "key", "secret"):
+        repo_args += ["--storage-option", f"{key}={s3_bucket[key]}"]
+
+    def run(*args: str) -> Result:
+        result = runner.invoke(cli, [*repo_args, *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result
+
+    run("init", "--catalog", _catalog_url(tmp_path))
+    imported = json.loads(run("import", "air", "air.json", "-m", "Adopt air.h5", "--json").stdout)
+    assert imported["version"] == 1
+    objects_before = set(_objects(s3_fs))
+    run("checkout", "air", "-o", "work.json")
+    assert b"testing" not in Path("work.json").read_bytes()
+    assert b"testing" not in Path("work.json.snapref").read_bytes()
+
+    # edit the checked-out references with plain fsspec + zarr 3 (an asynchronous
+    # reference filesystem needs an asynchronous remote one: fsspec's rule)
+    remote = {**s3_bucket, "asynchronous": True}
+    fs = fsspec.filesystem(
+        "reference", fo="work.json", remote_protocol="s3", remote_options=remote, asynchronous=True
+    )
+    g = zarr.open_group(FsspecStore(fs, path=""), mode="r+", zarr_format=2)
+    np.testing.assert_array_equal(g["temp"][:], temp_values())
+    g["temp"][0, 0, 0:3] = [1.0, 2.0, 3.0]  # chunk temp/0.0.0
+    g["temp"][4:6, 20:40, 40:60] = 7.5  # all of chunk temp/2.1.2
+    fs.save_json("work.json")
+
+    committed = json.loads(
+        run(
+            "commit", "air", "work.json", "-m", "Fix pixels", "--prop", "ticket=QC-1", "--json"
+        ).stdout
+    )
+    assert committed["version"] == 2
+    new_objects = {p: b for p, b in _objects(s3_fs).items() if p not in objects_before}
+    assert len(new_objects) == 2  # exactly the changed chunks
+
+    log = json.loads(run("log", "air", "--json").stdout)
+    fields = {"version", "id", "timestamp", "author", "message", "parents", "branch"}
+    fields |= {"properties", "summary"}
+    assert all(fields <= set(entry) for entry in log)
+    v2, v1 = log
+    assert [v2["version"], v1["version"]] == [2, 1]
+    assert v2["id"] == committed["id"]
+    assert [v2["message"], v1["message"]] == ["Fix pixels", "Adopt air.h5"]
+    assert v2["parents"] == [v1["id"]] and v1["parents"] == []
+    assert v2["branch"] == v1["branch"] == "main"
+    assert v2["author"] == "Test Author <test@example.org>"
+    assert v2["properties"] == {"ticket": "QC-1"} and v1["properties"] == {}
+    assert datetime.fromisoformat(v2["timestamp"]) >= datetime.fromisoformat(v1["timestamp"])
+    assert v2["summary"]["chunks_added"] == 0
+    assert v2["summary"]["chunks_modified"] == 2
+    assert v2["summary"]["chunks_removed"] == 0
+    assert v2["summary"]["bytes_written"] >= sum(len(b) for b in new_objects.values())
+    assert v1["summary"]["chunks_added"] == 24 + 3
+
+    # time travel through checkouts that plain fsspec opens
+    expected = temp_values()
+    expected[0, 0, 0:3] = [1.0, 2.0, 3.0]
+    expected[4:6, 20:40, 40:60] = 7.5
+    for version, values in (("1", temp_values()), ("2", expected)):
+        out = f"v{version}.json"
+        run("checkout", f"air@{version}", "-o", out)
+        plain = fsspec.filesystem(
+            "reference", fo=out, remote_protocol="s3", remote_options=remote, asynchronous=True
+        )
+        old = zarr.open_group(FsspecStore(plain, path="", read_only=True), mode="r")
+        np.testing.assert_array_equal(old["temp"][:], values)
+    with snapref.connect(REPO, storage_options=s3_bucket) as repo:
+        np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], expected)
+    assert s3_fs.cat_file(SOURCE_KEY) == source_before
+
+
+def test_cli_checkout_and_commit_a_reference_file_on_s3(
+    s3_bucket: dict[str, Any], s3_refs: dict[str, Any], tmp_path: Path
+) -> None:
+    work = f"s3://{BUCKET}/work/air.json"
+    options = [f"--storage-option={k}={v}" for k, v in s3_bucket.items()]
+    runner = CliRunner()
+
+    def run(*args: str) -> Result:
+        result = runner.invoke(cli, ["-R", REPO, *options, *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result
+
+    (tmp_path / "air.json").write_text(json.dumps(s3_refs))
+    run("init", "--catalog", _catalog_url(tmp_path))
+    run("import", "air", str(tmp_path / "air.json"))
+    run("checkout", "air", "-o", work)
+    remote = {**s3_bucket, "asynchronous": True}
+    expected = temp_values()
+    for i in range(2):  # the second commit continues from the first (sidecar on S3)
+        fs = fsspec.filesystem(
+            "reference",
+            fo=work,
+            target_options=s3_bucket,
+            remote_protocol="s3",
+            remote_options=remote,
+            asynchronous=True,
+        )
+        g = zarr.open_group(FsspecStore(fs, path=""), mode="r+", zarr_format=2)
+        g["temp"][i, 0, 0] = 100.0 + i
+        expected[i, 0, 0] = 100.0 + i
+        fs.save_json(work, **s3_bucket)
+        committed = json.loads(run("commit", "air", work, "-m", f"edit {i}", "--json").stdout)
+        assert committed["version"] == 2 + i
+    with snapref.connect(REPO, storage_options=s3_bucket) as repo:
+        assert [s.message for s in repo.log("air")] == ["edit 1", "edit 0", "Import references"]
+        np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], expected)
