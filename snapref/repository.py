@@ -60,7 +60,8 @@ class Repository:
         source_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.warehouse = warehouse
-        self.catalog = catalog
+        #: The SQL catalog (datasets, snapshots, refs); ``catalog()`` is the listing.
+        self.db = catalog
         self.objects = warehouse.content("objects")
         self._source_options = dict(source_options or {})
 
@@ -72,7 +73,7 @@ class Repository:
         return self.warehouse.url
 
     def close(self) -> None:
-        self.catalog.close()
+        self.db.close()
 
     def __enter__(self) -> Repository:
         return self
@@ -84,19 +85,19 @@ class Repository:
 
     def datasets(self) -> list[str]:
         """Names of the datasets in this repository, sorted."""
-        return [d.name for d in self.catalog.datasets()]
+        return [d.name for d in self.db.datasets()]
 
     def head(self, name: str, branch: str = MAIN_BRANCH) -> Snapshot:
         """The snapshot at the head of ``branch`` of dataset ``name``."""
-        self.catalog.dataset(name)
-        ref = self.catalog.ref(name, branch)
+        self.db.dataset(name)
+        ref = self.db.ref(name, branch)
         if ref is None or ref.kind != BRANCH:
-            branches = [r.name for r in self.catalog.refs(name) if r.kind == BRANCH]
+            branches = [r.name for r in self.db.refs(name) if r.kind == BRANCH]
             raise VersionNotFoundError(
                 f"Dataset {name!r} has no branch {branch!r} (branches: "
                 f"{', '.join(branches)}). Create it with 'snapref branch {name} {branch}'."
             )
-        return self.catalog.snapshot(ref.snapshot_id)
+        return self.db.snapshot(ref.snapshot_id)
 
     def resolve(
         self,
@@ -121,33 +122,33 @@ class Repository:
         ------
         DatasetNotFoundError, VersionNotFoundError, InvalidInputError
         """
-        self.catalog.dataset(name)
+        self.db.dataset(name)
         if as_of is not None:
             if version is not None:
                 raise InvalidInputError("Give either a version or as_of, not both")
             when = _parse_when(as_of)
-            snap_id = self.catalog.head_at(name, branch or MAIN_BRANCH, when)
+            snap_id = self.db.head_at(name, branch or MAIN_BRANCH, when)
             if snap_id is None:
                 raise VersionNotFoundError(
                     f"Dataset {name!r} had no version on branch {branch or MAIN_BRANCH!r} "
                     f"at {when.isoformat()}"
                 )
-            return self.catalog.snapshot(snap_id)
+            return self.db.snapshot(snap_id)
         if version is None:
             return self.head(name, branch or MAIN_BRANCH)
         if isinstance(version, bool):
             raise InvalidInputError(f"Invalid version {version!r}")
         if isinstance(version, int) or (isinstance(version, str) and version.isdigit()):
-            snap = self.catalog.snapshot_by_version(name, int(version))
+            snap = self.db.snapshot_by_version(name, int(version))
             if snap is not None:
                 return snap
             if isinstance(version, int):
                 raise VersionNotFoundError(self._no_version(name, version))
         text = str(version)
-        ref = self.catalog.ref(name, text)
+        ref = self.db.ref(name, text)
         if ref is not None:
-            return self.catalog.snapshot(ref.snapshot_id)
-        matches = self.catalog.snapshots_by_id_prefix(name, text) if len(text) >= 4 else []
+            return self.db.snapshot(ref.snapshot_id)
+        matches = self.db.snapshots_by_id_prefix(name, text) if len(text) >= 4 else []
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -158,8 +159,8 @@ class Repository:
         raise VersionNotFoundError(self._no_version(name, text))
 
     def _no_version(self, name: str, version: Any) -> str:
-        refs = ", ".join(r.name for r in self.catalog.refs(name))
-        latest = max((s.version for s in self.catalog.all_snapshots(name).values()), default=0)
+        refs = ", ".join(r.name for r in self.db.refs(name))
+        latest = max((s.version for s in self.db.all_snapshots(name).values()), default=0)
         return (
             f"Dataset {name!r} has no version {version!r}: versions are 1..{latest}, refs "
             f"are {refs}; snapshot ids need at least 4 characters"
@@ -173,36 +174,36 @@ class Repository:
         """The keys ``snapshot`` changed: ``{key: "A" | "M" | "D"}``, sorted by key."""
         if not snapshot.parents:
             return dict.fromkeys(sorted(self.manifest(snapshot)), "A")
-        return self.catalog.changes(snapshot.id)
+        return self.db.changes(snapshot.id)
 
     def log(self, name: str, branch: str | None = None) -> list[Snapshot]:
         """The versions of ``branch`` (default ``main``), newest first."""
-        return self.catalog.ancestry(self.head(name, branch or MAIN_BRANCH).id)
+        return self.db.ancestry(self.head(name, branch or MAIN_BRANCH).id)
 
     def refs(self, name: str) -> list[RefRecord]:
         """Branches and tags of dataset ``name``."""
-        self.catalog.dataset(name)
-        return self.catalog.refs(name)
+        self.db.dataset(name)
+        return self.db.refs(name)
 
     def sources(self, name: str) -> list[str]:
         """URL prefixes that virtual references of ``name`` may point into."""
-        self.catalog.dataset(name)
-        return self.catalog.sources(name)
+        self.db.dataset(name)
+        return self.db.sources(name)
 
     def allow_source(self, prefix: str, dataset: str | None = None) -> None:
         """Allow reads from ``prefix`` for one dataset, or repository-wide."""
         if dataset is None:
-            current = self.catalog.get_setting("allowed_sources", [])
+            current = self.db.get_setting("allowed_sources", [])
             if prefix not in current:
-                self.catalog.set_setting("allowed_sources", [*current, prefix])
+                self.db.set_setting("allowed_sources", [*current, prefix])
         else:
-            self.catalog.dataset(dataset)
-            self.catalog.add_sources(dataset, [prefix])
+            self.db.dataset(dataset)
+            self.db.add_sources(dataset, [prefix])
 
     def _policy(self, dataset: str | None, extra: Iterable[str] = ()) -> SourcePolicy:
-        prefixes = set(self.catalog.get_setting("allowed_sources", []))
+        prefixes = set(self.db.get_setting("allowed_sources", []))
         if dataset is not None:
-            prefixes.update(self.catalog.sources(dataset))
+            prefixes.update(self.db.sources(dataset))
         prefixes.update(extra)
         return SourcePolicy(tuple(sorted(prefixes)))
 
@@ -212,7 +213,7 @@ class Repository:
         """Name a version with a tag; tags never move."""
         snap = self.resolve(name, version)
         _check_ref_name(tag)
-        self.catalog.create_ref(name, tag, TAG, snap.id, author or self.default_author())
+        self.db.create_ref(name, tag, TAG, snap.id, author or self.default_author())
         return snap
 
     def branch(
@@ -221,7 +222,7 @@ class Repository:
         """Create branch ``new`` at ``from_version`` (default: head of ``main``)."""
         snap = self.resolve(name, from_version)
         _check_ref_name(new)
-        self.catalog.create_ref(name, new, BRANCH, snap.id, author or self.default_author())
+        self.db.create_ref(name, new, BRANCH, snap.id, author or self.default_author())
         return snap
 
     # -- making versions ---------------------------------------------------------------
@@ -336,7 +337,7 @@ class Repository:
                     f"This reference set was checked out from dataset "
                     f"{record['dataset']!r}, not {name!r}"
                 )
-            parent_snap = self.catalog.snapshot(record["snapshot"])
+            parent_snap = self.db.snapshot(record["snapshot"])
             branch = branch or record.get("branch") or MAIN_BRANCH
         else:
             parent_snap = self.resolve(name, parent)
@@ -424,7 +425,7 @@ class Repository:
         out = self.to_references(name, snap.id)
         on_branch = branch or (
             str(version)
-            if (r := self.catalog.ref(name, str(version))) and r.kind == BRANCH
+            if (r := self.db.ref(name, str(version))) and r.kind == BRANCH
             else MAIN_BRANCH
         )
         record = self._record(snap, on_branch)

@@ -124,10 +124,10 @@ def commit_changes(
     if parent is None:
         # a dataset's first version added every key of its manifest: no rows needed
         # (Repository.changes derives them), which keeps big imports fast
-        return repo.catalog.create_dataset(
+        return repo.db.create_dataset(
             dataset, row, {}, sources=[*allow_sources, *new_sources], description=description
         )
-    return repo.catalog.commit(
+    return repo.db.commit(
         dataset, branch, parent.id, row, ops, sources=[*allow_sources, *new_sources]
     )
 

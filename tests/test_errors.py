@@ -33,7 +33,7 @@ def test_unknown_dataset_and_version_name_what_is_missing(air: snapref.Repositor
 
 
 def _count(repo: snapref.Repository, table: str) -> int:
-    with repo.catalog.engine.connect() as conn:
+    with repo.db.engine.connect() as conn:
         return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
@@ -106,7 +106,7 @@ def test_reference_to_a_disallowed_location_is_refused(
 
 def test_reads_check_the_allowed_sources_too(air: snapref.Repository) -> None:
     # a source that is no longer allowed (or a tampered catalog) is never read
-    with air.catalog.engine.begin() as conn:
+    with air.db.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM dataset_sources"))
     g = snapref.open(air, "air")
     with pytest.raises(snapref.DisallowedSourceError, match="outside the locations"):
@@ -166,7 +166,7 @@ def test_crash_before_the_swap_leaves_the_old_version(
     def crash(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt("power cut")
 
-    monkeypatch.setattr(air.catalog, "commit", crash)
+    monkeypatch.setattr(air.db, "commit", crash)
     with pytest.raises(KeyboardInterrupt):
         with air.transaction("air", message="lost") as tx:
             zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 123

@@ -27,17 +27,17 @@ def test_ddl_files_match_code(dialect: str) -> None:
 
 def test_created_catalog_has_exactly_the_schema(tmp_path: Path) -> None:
     repo = snapref.init(str(tmp_path / "wh"))
-    inspector = sa.inspect(repo.catalog.engine)
+    inspector = sa.inspect(repo.db.engine)
     assert set(inspector.get_table_names()) == set(schema.metadata.tables)
     for name, table in schema.metadata.tables.items():
         assert [c["name"] for c in inspector.get_columns(name)] == [c.name for c in table.columns]
-    with repo.catalog.engine.connect() as conn:
+    with repo.db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one() == 1
 
 
 def test_catalog_of_another_version_is_refused(tmp_path: Path) -> None:
     repo = snapref.init(str(tmp_path / "wh"))
-    with repo.catalog.engine.begin() as conn:
+    with repo.db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE snapref_schema SET version = 99"))
     repo.close()
     with pytest.raises(snapref.CatalogSchemaError, match="schema version 99"):

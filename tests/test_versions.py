@@ -84,7 +84,7 @@ def test_provenance_is_recorded(air: snapref.Repository) -> None:
     assert snap.snapref_version == snapref.__version__
     assert snap.timestamp.tzinfo is not None
     assert abs((datetime.now(UTC) - snap.timestamp).total_seconds()) < 60
-    assert air.catalog.changes(snap.id) == {"temp/0.0.0": "M"}
+    assert air.db.changes(snap.id) == {"temp/0.0.0": "M"}
     # the default author comes from SNAPREF_AUTHOR (set by the test suite)
     assert air.resolve("air", 1).author == "Test Author <test@example.org>"
 

@@ -250,6 +250,26 @@ class Catalog:
             )
         return _dataset(row)
 
+    def update_dataset(
+        self,
+        name: str,
+        description: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> DatasetRecord:
+        """Set a dataset's description and/or replace its properties."""
+        self.dataset(name)
+        values: dict[str, Any] = {}
+        if description is not None:
+            values["description"] = description
+        if properties is not None:
+            values["properties"] = ujson.dumps(dict(properties))
+        if values:
+            with self._write() as conn:
+                conn.execute(
+                    sa.update(t.datasets).where(t.datasets.c.name == name).values(**values)
+                )
+        return self.dataset(name)
+
     def sources(self, dataset: str) -> list[str]:
         with self._read() as conn:
             rows = conn.execute(

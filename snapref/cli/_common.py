@@ -1,0 +1,173 @@
+"""What every command shares: the ``snapref`` group, repository access, error
+handling and output helpers. Command modules register themselves on :data:`cli`."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import ujson
+
+import snapref
+from snapref.catalog import Snapshot
+from snapref.catalog.sql import format_time
+from snapref.errors import SnapRefError
+from snapref.repository import Repository
+
+__all__ = [
+    "Context",
+    "author_option",
+    "cli",
+    "emit_json",
+    "handle_errors",
+    "json_option",
+    "pairs",
+    "pass_ctx",
+    "print_log_entry",
+    "print_snapshot",
+    "prop_option",
+]
+
+
+def pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=what)
+        out[key] = value
+    return out
+
+
+def _storage_options(values: tuple[str, ...]) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for key, value in pairs(values, "--storage-option").items():
+        # "anon=true" and "client_kwargs={...}" are common: decode JSON where it parses
+        try:
+            opts[key] = ujson.loads(value)
+        except ValueError:
+            opts[key] = value
+    return opts
+
+
+class Context:
+    """What the group options give every command: how to reach the repository."""
+
+    def __init__(self, repo_url: str | None, storage_options: dict[str, Any]) -> None:
+        self.repo_url = repo_url
+        self.storage_options = storage_options
+        self._repo: Repository | None = None
+
+    def repo(self) -> Repository:
+        if self._repo is None:
+            if not self.repo_url:
+                raise click.UsageError(
+                    "No repository given: pass -R/--repo URL or set SNAPREF_REPO"
+                )
+            self._repo = snapref.connect(self.repo_url, self.storage_options)
+        return self._repo
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn snapref's errors into ``Error: ...`` and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except SnapRefError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def emit_json(data: Any) -> None:
+    click.echo(ujson.dumps(data, indent=2, ensure_ascii=False))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+author_option = click.option(
+    "--author", help="Author to record (default: $SNAPREF_AUTHOR, git's user, or login)."
+)
+prop_option = click.option(
+    "--prop",
+    "props",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="User property to record; repeatable.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(snapref.__version__, prog_name="snapref")
+@click.option(
+    "-R",
+    "--repo",
+    "repo_url",
+    envvar="SNAPREF_REPO",
+    metavar="URL",
+    help="Repository (warehouse) URL; default $SNAPREF_REPO.",
+)
+@click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="fsspec option for the warehouse and for reference files at remote URLs "
+    "(credentials, endpoint_url, ...); repeatable. Never stored.",
+)
+@click.pass_context
+def cli(ctx: click.Context, repo_url: str | None, storage_options: tuple[str, ...]) -> None:
+    """snapref: versioned snapshots of Zarr / kerchunk datasets.
+
+    \b
+    Example:
+        snapref init ./warehouse
+        export SNAPREF_REPO=./warehouse
+        snapref import air refs.json -m "Adopt kerchunk references"
+        snapref log air
+    """
+    ctx.obj = Context(repo_url, _storage_options(storage_options))
+
+
+def print_snapshot(snap: Snapshot, as_json: bool, verb: str) -> None:
+    if as_json:
+        emit_json(snap.to_json())
+        return
+    s = snap.summary
+    click.echo(
+        f"{verb} {snap.dataset} version {snap.version} ({snap.id[:12]}) on {snap.branch}: "
+        f"+{s.get('chunks_added', 0)} ~{s.get('chunks_modified', 0)} "
+        f"-{s.get('chunks_removed', 0)} chunks, {_size(s.get('bytes_written', 0))} written"
+    )
+
+
+def print_log_entry(snap: Snapshot) -> None:
+    s = snap.summary
+    click.echo(
+        click.style(f"version {snap.version}", fg="yellow")
+        + f"  {snap.id[:12]}  {format_time(snap.timestamp)}  [{snap.branch}]"
+    )
+    click.echo(f"Author: {snap.author}")
+    click.echo(f"    {snap.message}")
+    click.echo(
+        f"    chunks +{s.get('chunks_added', 0)} ~{s.get('chunks_modified', 0)} "
+        f"-{s.get('chunks_removed', 0)}, {_size(s.get('bytes_written', 0))} written"
+    )
+    click.echo()
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

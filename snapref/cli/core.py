@@ -1,0 +1,373 @@
+"""The core commands: init, import, checkout, commit, log, show, tag, branch,
+datasets, allow-source."""
+
+from __future__ import annotations
+
+import click
+
+import snapref
+from snapref.catalog import BRANCH, TAG
+from snapref.catalog.sql import format_time
+from snapref.cli._common import (
+    Context,
+    author_option,
+    cli,
+    emit_json,
+    handle_errors,
+    json_option,
+    pairs,
+    pass_ctx,
+    print_log_entry,
+    print_snapshot,
+    prop_option,
+)
+from snapref.repository import split_spec
+
+
+@cli.command()
+@click.argument("url", required=False)
+@click.option(
+    "--catalog",
+    metavar="SQLALCHEMY_URL",
+    help="Catalog database; default: an embedded SQLite file in a local warehouse. "
+    "Required for remote warehouses.",
+)
+@pass_ctx
+@handle_errors
+def init(obj: Context, url: str | None, catalog: str | None) -> None:
+    """Create a repository at URL (default: -R/$SNAPREF_REPO).
+
+    \b
+    Example:
+        snapref init ./warehouse
+        snapref init s3://bucket/warehouse --catalog sqlite:////data/catalog.db
+    """
+    url = url or obj.repo_url
+    if not url:
+        raise click.UsageError("Give the repository URL: snapref init URL")
+    repo = snapref.init(url, catalog=catalog, storage_options=obj.storage_options)
+    click.echo(f"Created snapref repository at {repo.url}")
+
+
+@cli.command("import")
+@click.argument("name")
+@click.argument("refs")
+@click.option("-m", "--message", default="Import references", show_default=True)
+@click.option("--description", default="", help="Description of the dataset.")
+@author_option
+@prop_option
+@json_option
+@pass_ctx
+@handle_errors
+def import_(
+    obj: Context,
+    name: str,
+    refs: str,
+    message: str,
+    description: str,
+    author: str | None,
+    props: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Adopt the kerchunk reference set REFS (JSON) as version 1 of dataset NAME.
+
+    Virtual references stay virtual (nothing is copied); the folders they point into
+    become the dataset's allowed sources.
+
+    \b
+    Example:
+        snapref import air air.json -m "Adopt ERA5 air temperature"
+    """
+    snap = obj.repo().import_references(
+        name,
+        refs,
+        message,
+        author=author,
+        properties=pairs(props, "--prop"),
+        description=description,
+        storage_options=obj.storage_options if "://" in refs else None,
+    )
+    print_snapshot(snap, as_json, verb="Imported")
+
+
+@cli.command()
+@click.argument("spec", metavar="NAME[@VERSION]")
+@click.option("-o", "--output", required=True, metavar="PATH", help="Reference file to write.")
+@json_option
+@pass_ctx
+@handle_errors
+def checkout(obj: Context, spec: str, output: str, as_json: bool) -> None:
+    """Write a version as a plain kerchunk JSON reference file.
+
+    Edit it with fsspec + zarr (saving with fs.save_json), then record it with
+    'snapref commit'. A sidecar file OUTPUT.snapref remembers the version.
+
+    \b
+    Example:
+        snapref checkout air@3 -o work.json
+    """
+    name, version = split_spec(spec)
+    snap = obj.repo().checkout(
+        name,
+        version,
+        output,
+        storage_options=obj.storage_options if "://" in output else None,
+    )
+    if as_json:
+        emit_json({"path": output, **snap.to_json()})
+    else:
+        click.echo(f"Checked out {name} version {snap.version} ({snap.id[:12]}) to {output}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("refs", metavar="REFS_FILE")
+@click.option("-m", "--message", required=True, help="Why this change was made.")
+@click.option("--parent", metavar="VERSION", help="Version the file was checked out from.")
+@click.option("--branch", help="Branch to commit to (default: the checkout's, else main).")
+@click.option(
+    "--allow-source",
+    "allow_sources",
+    multiple=True,
+    metavar="PREFIX",
+    help="Also allow virtual references into PREFIX (recorded for the dataset).",
+)
+@author_option
+@prop_option
+@json_option
+@pass_ctx
+@handle_errors
+def commit(
+    obj: Context,
+    name: str,
+    refs: str,
+    message: str,
+    parent: str | None,
+    branch: str | None,
+    allow_sources: tuple[str, ...],
+    author: str | None,
+    props: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Record an edited reference file as a new version of NAME.
+
+    Only changed chunks become new objects. If the branch moved since the checkout,
+    the commit is refused as a conflict.
+
+    \b
+    Example:
+        snapref commit air work.json -m "Mask bad pixels" --prop ticket=QC-12
+    """
+    snap = obj.repo().commit_references(
+        name,
+        refs,
+        message,
+        parent=parent,
+        branch=branch,
+        author=author,
+        properties=pairs(props, "--prop"),
+        allow_sources=allow_sources,
+        storage_options=obj.storage_options if "://" in refs else None,
+    )
+    if snap is None:
+        if as_json:
+            emit_json(None)
+        else:
+            click.echo("Nothing changed; no version recorded")
+        return
+    print_snapshot(snap, as_json, verb="Committed")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--branch", help="Branch to list (default: main).")
+@json_option
+@pass_ctx
+@handle_errors
+def log(obj: Context, name: str, branch: str | None, as_json: bool) -> None:
+    """List the versions of NAME, newest first.
+
+    \b
+    Example:
+        snapref log air
+        snapref log air --branch qc --json
+    """
+    history = obj.repo().log(name, branch)
+    if as_json:
+        emit_json([s.to_json() for s in history])
+        return
+    for snap in history:
+        print_log_entry(snap)
+
+
+@cli.command()
+@click.argument("spec", metavar="NAME[@VERSION]")
+@json_option
+@pass_ctx
+@handle_errors
+def show(obj: Context, spec: str, as_json: bool) -> None:
+    """Show one version in full: provenance, changed keys, sources, manifest.
+
+    \b
+    Example:
+        snapref show air@2
+    """
+    name, version = split_spec(spec)
+    repo = obj.repo()
+    snap = repo.resolve(name, version)
+    manifest = repo.manifest(snap)
+    changes = repo.changes(snap)
+    info = {
+        **snap.to_json(),
+        "refs": [r.name for r in repo.refs(name) if r.snapshot_id == snap.id],
+        "sources": repo.sources(name),
+        "arrays": {a: manifest.array_count(a) for a in sorted(manifest.arrays)},
+        "keys": len(manifest),
+        "shards": sum(len(v) for v in manifest.sections.values()),
+        "changes": changes,
+    }
+    if as_json:
+        emit_json(info)
+        return
+    print_log_entry(snap)
+    click.echo(f"Refs:     {', '.join(info['refs']) or '-'}")
+    click.echo(f"Sources:  {', '.join(info['sources']) or '-'}")
+    click.echo(f"Manifest: {snap.manifest[:12]}  {info['keys']} keys in {info['shards']} shards")
+    for array, count in info["arrays"].items():
+        click.echo(f"  {array or '/'}: {count} chunk references")
+    if snap.properties:
+        click.echo("Properties:")
+        for k, v in snap.properties.items():
+            click.echo(f"  {k} = {v}")
+    click.echo(f"Changed keys ({len(changes)}):")
+    for key, op in list(changes.items())[:50]:
+        click.echo(f"  {op} {key}")
+    if len(changes) > 50:
+        click.echo(f"  ... and {len(changes) - 50} more (see --json)")
+
+
+@cli.command()
+@click.argument("spec", metavar="NAME[@VERSION]")
+@click.argument("tag_name", metavar="[TAG]", required=False)
+@author_option
+@json_option
+@pass_ctx
+@handle_errors
+def tag(obj: Context, spec: str, tag_name: str | None, author: str | None, as_json: bool) -> None:
+    """Tag a version (tags never move); with no TAG, list the tags of NAME.
+
+    \b
+    Example:
+        snapref tag air@3 v2025-qc
+        snapref tag air
+    """
+    _ref_command(obj, spec, tag_name, TAG, author, as_json)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("new", required=False)
+@click.option(
+    "--from", "from_version", metavar="VERSION", help="Start point (default: head of main)."
+)
+@author_option
+@json_option
+@pass_ctx
+@handle_errors
+def branch(
+    obj: Context,
+    name: str,
+    new: str | None,
+    from_version: str | None,
+    author: str | None,
+    as_json: bool,
+) -> None:
+    """Create branch NEW of dataset NAME; with no NEW, list its branches.
+
+    \b
+    Example:
+        snapref branch air qc --from 3
+        snapref branch air
+    """
+    spec = f"{name}@{from_version}" if from_version else name
+    _ref_command(obj, spec, new, BRANCH, author, as_json)
+
+
+def _ref_command(
+    obj: Context, spec: str, new: str | None, kind: str, author: str | None, as_json: bool
+) -> None:
+    name, version = split_spec(spec)
+    repo = obj.repo()
+    if new is None:
+        refs = [r for r in repo.refs(name) if r.kind == kind]
+        snaps = {r.snapshot_id: repo.db.snapshot(r.snapshot_id) for r in refs}
+        rows = [
+            {
+                "name": r.name,
+                "kind": r.kind,
+                "version": snaps[r.snapshot_id].version,
+                "id": r.snapshot_id,
+            }
+            for r in refs
+        ]
+        if as_json:
+            emit_json(rows)
+        else:
+            for row in rows:
+                click.echo(f"{row['name']}\tversion {row['version']}\t{row['id'][:12]}")
+        return
+    if kind == TAG:
+        snap = repo.tag(name, version, new, author=author)
+    else:
+        snap = repo.branch(name, new, version, author=author)
+    if as_json:
+        emit_json({"name": new, "kind": kind, "version": snap.version, "id": snap.id})
+    else:
+        click.echo(f"Created {kind} {new} at {name} version {snap.version} ({snap.id[:12]})")
+
+
+@cli.command()
+@json_option
+@pass_ctx
+@handle_errors
+def datasets(obj: Context, as_json: bool) -> None:
+    """List the datasets of the repository.
+
+    \b
+    Example:
+        snapref datasets --json
+    """
+    repo = obj.repo()
+    rows = []
+    for name in repo.datasets():
+        head = repo.head(name)
+        rows.append(
+            {
+                "name": name,
+                "version": head.version,
+                "id": head.id,
+                "timestamp": format_time(head.timestamp),
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['name']}\tversion {row['version']}\t{row['timestamp']}")
+
+
+@cli.command("allow-source")
+@click.argument("prefix")
+@click.option("--dataset", help="Allow it for this dataset only (default: repository-wide).")
+@pass_ctx
+@handle_errors
+def allow_source(obj: Context, prefix: str, dataset: str | None) -> None:
+    """Allow virtual references into PREFIX (invariant: nothing unsafe is read).
+
+    \b
+    Example:
+        snapref allow-source s3://era5-pds/2024/ --dataset air
+    """
+    obj.repo().allow_source(prefix, dataset)
+    where = f"dataset {dataset}" if dataset else "the whole repository"
+    click.echo(f"Allowed {prefix} for {where}")
