@@ -43,12 +43,15 @@ def main(workdir: Path) -> None:
     refs = SingleHdf5ToZarr(str(source), inline_threshold=0).translate()
     repo = snapref.init(str(workdir / "warehouse"))
     v1 = repo.import_references("air", refs, message="Adopt air.h5 via kerchunk")
-    print(f"imported {v1.summary['chunks_added']} chunk references as version {v1.version}; "
-          f"allowed sources: {repo.sources('air')}")
+    print(
+        f"imported {v1.summary['chunks_added']} chunk references as version {v1.version}; "
+        f"allowed sources: {repo.sources('air')}"
+    )
 
     # 3. fix the glitch through zarr; only the chunk holding it changes
-    with repo.transaction("air", message="Replace sensor glitch by neighbours' mean",
-                          properties={"ticket": "QC-42"}) as tx:
+    with repo.transaction(
+        "air", message="Replace sensor glitch by neighbours' mean", properties={"ticket": "QC-42"}
+    ) as tx:
         temp = zarr.open_group(tx.store, mode="r+")["temp"]
         temp[3, 10:12, 20:25] = temp[3, 8:10, 20:25].mean()
     v2 = tx.snapshot
@@ -67,8 +70,10 @@ def main(workdir: Path) -> None:
     old = snapref.open(repo, "air", version=1)["temp"][3, 10, 20]
     new = snapref.open(repo, "air")["temp"][3, 10, 20]
     ds = snapref.open_dataset(repo, "air", version=1)
-    print(f"temp[3, 10, 20]: version 1 = {old}, version 2 = {new:.2f}; "
-          f"xarray sees {dict(ds.sizes)} in version 1")
+    print(
+        f"temp[3, 10, 20]: version 1 = {old}, version 2 = {new:.2f}; "
+        f"xarray sees {dict(ds.sizes)} in version 1"
+    )
     assert old == -9999 and new > 0
     assert hashlib.sha256(source.read_bytes()).hexdigest() == source_hash
     print("the source HDF5 file is unchanged; demo finished OK")

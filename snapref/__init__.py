@@ -13,6 +13,7 @@ Typical use::
 """
 
 from snapref._version import __version__
+from snapref.aio import open_async, open_snapshot_async
 from snapref.catalog import Snapshot
 from snapref.errors import (
     AlreadyExistsError,
@@ -24,6 +25,7 @@ from snapref.errors import (
     InvalidInputError,
     InvalidKeyError,
     InvalidReferenceError,
+    MergeConflictError,
     NotFoundError,
     ReadOnlyError,
     RepositoryNotFoundError,
@@ -44,6 +46,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidKeyError",
     "InvalidReferenceError",
+    "MergeConflictError",
     "NotFoundError",
     "ReadOnlyError",
     "Repository",
@@ -57,5 +60,7 @@ __all__ = [
     "connect",
     "init",
     "open",
+    "open_async",
     "open_dataset",
+    "open_snapshot_async",
 ]

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidKeyError",
     "InvalidReferenceError",
+    "MergeConflictError",
     "NotFoundError",
     "ReadOnlyError",
     "RepositoryNotFoundError",
@@ -53,6 +54,17 @@ class AlreadyExistsError(SnapRefError):
 
 class ConflictError(SnapRefError):
     """The branch moved since the transaction started (compare-and-swap failed)."""
+
+
+class MergeConflictError(ConflictError):
+    """A merge, revert or rebase found keys changed on both sides.
+
+    ``keys`` lists them, sorted; resolve with ``strategy="ours"`` or ``"theirs"``.
+    """
+
+    def __init__(self, message: str, keys: list[str]) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 class IntegrityError(SnapRefError):

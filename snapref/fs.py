@@ -17,15 +17,14 @@ from typing import Any
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
-from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from fsspec.implementations.reference import ReferenceFileSystem
 from fsspec.utils import get_protocol
 from zarr.storage import FsspecStore
 
 from snapref.errors import DisallowedSourceError, ReadOnlyError
-from snapref.keys import validate_key
+from snapref.keys import is_metadata_key, validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
-from snapref.objects import ContentStore
+from snapref.objects import ContentStore, new_async_fs, wrapped_fs
 
 __all__ = ["SnapshotFileSystem", "SnapshotStore", "SourcePolicy", "StagedReferences"]
 
@@ -68,8 +67,11 @@ class StagedReferences(MutableMapping[str, Any]):
 
     def __init__(self, base: Manifest) -> None:
         self.base = base
-        #: key -> new bytes, or None for a deleted key
-        self.staged: dict[str, bytes | None] = {}
+        #: key -> new bytes (metadata), an already stored object, or None (deleted)
+        self.staged: dict[str, bytes | ObjectRef | None] = {}
+        #: what staging wrote to the warehouse so far (objects, bytes)
+        self.objects_written = 0
+        self.bytes_written = 0
 
     # -- reading -----------------------------------------------------------------------
 
@@ -179,6 +181,14 @@ class StagedReferences(MutableMapping[str, Any]):
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"Only bytes can be written to key {key!r}, not {type(value)}")
         self.staged[key] = bytes(value)
+
+    def stage_object(self, key: str, ref: ObjectRef, written: bool) -> None:
+        """Stage ``key`` as an object already stored in the warehouse."""
+        validate_key(key)
+        self.staged[key] = ref
+        if written:
+            self.objects_written += 1
+            self.bytes_written += ref.size
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
@@ -493,7 +503,16 @@ class SnapshotFileSystem(ReferenceFileSystem):
         self._check_writable(path)
         if mode == "create" and path in self._staged:
             raise FileExistsError(path)
-        self._staged[path] = data
+        if is_metadata_key(path):
+            self._staged[path] = data  # small JSON, kept inline until the commit
+            return
+        # chunks go to the warehouse now, as immutable content-addressed objects:
+        # staging holds references only, so an edit of any size needs no memory, and
+        # the commit writes just the manifest. A discarded edit leaves unreachable
+        # objects, as a crash before the commit would (invariant 2).
+        validate_key(path)
+        digest, written = await self._objects.put_async(self._warehouse_fs, bytes(data))
+        self._staged.stage_object(path, ObjectRef(digest, len(data)), written)
 
     async def _put_file(
         self, lpath: str, rpath: str, mode: str = "overwrite", **kwargs: Any
@@ -598,6 +617,10 @@ class SnapshotStore(FsspecStore):
         await self.delete_dir("")
 
 
+def _wrapped(cls: type, opts: tuple[tuple[str, Any], ...], asynchronous: bool) -> AsyncFileSystem:
+    return wrapped_fs(cls(**dict(opts)), asynchronous)
+
+
 def _source_filesystems(
     prefixes: tuple[str, ...],
     options: Mapping[str, Mapping[str, Any]],
@@ -610,9 +633,13 @@ def _source_filesystems(
         opts = dict(options.get(proto, {}))
         cls = fsspec.get_filesystem_class(proto)
         if cls.async_impl:
-            fs = cls(**opts, asynchronous=asynchronous, skip_instance_cache=True)
+            # async instances bind to the event loop they first run in: a new one each
+            fss[proto] = (
+                new_async_fs(cls, opts)
+                if asynchronous
+                else cls(**opts, asynchronous=False, skip_instance_cache=True)
+            )
         else:
-            fs = AsyncFileSystemWrapper(cls(**opts), asynchronous=asynchronous)
-        fss[proto] = fs
+            fss[proto] = _wrapped(cls, tuple(sorted(opts.items())), asynchronous)
     fss[None] = fss["file"]
     return fss

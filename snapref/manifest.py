@@ -35,7 +35,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ujson
 from fsspec.asyn import AsyncFileSystem
@@ -107,11 +109,18 @@ _INLINE, _OBJECT, _VIRTUAL = 0, 1, 2
 
 def encode_shard(entries: list[tuple[str, Ref]]) -> bytes:
     """Parquet bytes of a shard holding ``entries`` (already in section order)."""
+    return _encode(_table_of(entries))
+
+
+def _table_of(entries: list[tuple[str, Ref]]) -> pa.Table:
     rows = [_row_of_ref(ref) for _, ref in entries]
     columns = list(zip(*rows, strict=True)) if rows else [()] * 6
     cols = {"key": [key for key, _ in entries]}
     cols.update(zip(_SCHEMA.names[1:], (list(c) for c in columns), strict=True))
-    table = pa.table(cols, schema=_SCHEMA)
+    return pa.table(cols, schema=_SCHEMA)
+
+
+def _encode(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(
         table,
@@ -134,33 +143,84 @@ def _row_of_ref(ref: Ref) -> tuple[Any, ...]:
 
 
 class Shard:
-    """One loaded shard: an ordered key -> reference map."""
+    """One loaded shard: an ordered key -> reference map over an Arrow table.
 
-    __slots__ = ("_index", "_rows")
+    Lookups build one reference from one row; rewrites (:meth:`apply`) work on the
+    columns, so changing a chunk in a shard of thousands costs little Python.
+    """
+
+    __slots__ = ("_index", "table")
 
     def __init__(self, table: pa.Table) -> None:
-        self._rows = list(
-            zip(*(table.column(name).to_pylist() for name in _SCHEMA.names), strict=True)
-        )
-        self._index = {row[0]: i for i, row in enumerate(self._rows)}
+        self.table = table.combine_chunks()
+        self._index: dict[str, int] | None = None
 
     @classmethod
     def decode(cls, data: bytes) -> Shard:
-        return cls(pq.read_table(io.BytesIO(data)))
+        # ParquetFile, not read_table: read_table loads pyarrow.dataset and pandas (+45 MB)
+        return cls(pq.ParquetFile(pa.BufferReader(data)).read())
+
+    @property
+    def index(self) -> dict[str, int]:
+        """key -> row number (built on first use)."""
+        if self._index is None:
+            keys = self.table.column("key").to_pylist()
+            self._index = dict(zip(keys, range(len(keys)), strict=True))
+        return self._index
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self.table.num_rows
 
     def get(self, key: str) -> Ref | None:
-        i = self._index.get(key)
-        return None if i is None else _ref_of_row(self._rows[i])
+        i = self.index.get(key)
+        if i is None:
+            return None
+        return _ref_of_row(tuple(self.table.column(n)[i].as_py() for n in _SCHEMA.names))
 
     def keys(self) -> list[str]:
-        return [row[0] for row in self._rows]
+        return list(self.table.column("key").to_pylist())
 
     def items(self) -> Iterator[tuple[str, Ref]]:
-        for row in self._rows:
+        columns = [self.table.column(n).to_pylist() for n in _SCHEMA.names]
+        for row in zip(*columns, strict=True):
             yield row[0], _ref_of_row(row)
+
+    def apply(self, changes: Mapping[str, Ref | None], sort_key: Any) -> pa.Table:
+        """A new table: this shard with ``changes`` applied, in section order.
+
+        Changed rows are replaced column-wise and deleted rows filtered out; only
+        added keys make the table be re-sorted (by ``sort_key`` of each key).
+        """
+        index = self.index
+        table = self.table
+        mods = sorted((index[k], k, r) for k, r in changes.items() if r is not None and k in index)
+        dels = [index[k] for k, r in changes.items() if r is None and k in index]
+        adds = [(k, r) for k, r in changes.items() if r is not None and k not in index]
+        if mods:
+            mask = np.zeros(table.num_rows, dtype=bool)
+            mask[[i for i, _, _ in mods]] = True
+            repl = _table_of([(k, r) for _, k, r in mods])
+            table = pa.table(
+                [
+                    pc.replace_with_mask(
+                        table.column(n).combine_chunks(),
+                        pa.array(mask),
+                        repl.column(n).combine_chunks(),
+                    )
+                    for n in _SCHEMA.names
+                ],
+                schema=_SCHEMA,
+            )
+        if dels:
+            keep = np.ones(table.num_rows, dtype=bool)
+            keep[dels] = False
+            table = table.filter(pa.array(keep))
+        if adds:
+            table = pa.concat_tables([table, _table_of(adds)])
+            keys = table.column("key").to_pylist()
+            order = sorted(range(len(keys)), key=lambda i: sort_key(keys[i]))
+            table = table.take(pa.array(order, type=pa.int64()))
+        return table
 
 
 def _ref_of_row(row: tuple[Any, ...]) -> Ref:
@@ -352,15 +412,22 @@ def _manifest_doc(
 
 def section_of(key: str, arrays: frozenset[str]) -> str:
     """Section of ``key``: its array's, if it is a chunk of one, else ``meta``."""
-    if is_metadata_key(key):
-        return META
-    path = key
-    while True:
-        path = path.rpartition("/")[0] if "/" in path else ""
-        if path in arrays and chunk_coords(path, key) is not None:
-            return _array_section(path)
-        if not path:
-            return META
+    return _place(key, arrays)[0]
+
+
+def _place(key: str, arrays: frozenset[str]) -> tuple[str, tuple[Any, ...]]:
+    """Section of ``key`` and its sort key there, parsing the key once."""
+    if not is_metadata_key(key):
+        path = key
+        while "/" in path or path:
+            path = path.rpartition("/")[0] if "/" in path else ""
+            if path in arrays:
+                coords = chunk_coords(path, key)
+                if coords is not None:
+                    return _array_section(path), (coords, key)
+            if not path:
+                break
+    return META, ((), key)
 
 
 # -- writing new manifests ---------------------------------------------------------------
@@ -393,13 +460,15 @@ class ManifestWriter:
         """
         base = self.base
         arrays = _arrays_after(base, changes)
-        by_section = _changes_by_section(base, arrays, changes)
+        by_section, sort_keys = _changes_by_section(base, arrays, changes)
         sections = {name: list(infos) for name, infos in base.sections.items()}
         for array in base.arrays - arrays:
             sections.pop(_array_section(array), None)  # its entries were moved to other sections
         new_shards: dict[str, bytes] = {}
         for name, section_changes in by_section.items():
-            sections[name] = self._rewrite_section(name, section_changes, new_shards)
+            sections[name] = self._rewrite_section(
+                name, section_changes, new_shards, sort_keys.get(name, {})
+            )
             if not sections[name]:
                 del sections[name]
         doc = _manifest_doc(arrays, sections)
@@ -419,16 +488,24 @@ class ManifestWriter:
         )
 
     def _rewrite_section(
-        self, name: str, changes: dict[str, Ref | None], out: dict[str, bytes]
+        self,
+        name: str,
+        changes: dict[str, Ref | None],
+        out: dict[str, bytes],
+        known: Mapping[str, tuple[Any, ...]],
     ) -> list[ShardInfo]:
         infos = list(self.base.sections.get(name, []))
+
+        def sort_key(key: str) -> tuple[Any, ...]:
+            return known.get(key) or _sort_key(name, key)
+
         firsts = [_sort_key(name, s.first) for s in infos]
         # group the changed keys by the shard that holds (or would hold) them
         groups: dict[int, dict[str, Ref | None]] = {}
         if not infos:
             groups[0] = changes  # a new section: everything goes into fresh shards
         for key, ref in changes.items() if infos else ():
-            i = max(bisect.bisect_right(firsts, _sort_key(name, key)) - 1, 0)
+            i = max(bisect.bisect_right(firsts, sort_key(key)) - 1, 0)
             groups.setdefault(i, {})[key] = ref
         result: list[ShardInfo] = []
         for i in range(max(len(infos), 1)):
@@ -436,19 +513,20 @@ class ManifestWriter:
                 if i < len(infos):
                     result.append(infos[i])
                 continue
-            entries = dict(self.base._load(infos[i]).items()) if i < len(infos) else {}
-            for key, ref in groups[i].items():
-                if ref is None:
-                    entries.pop(key, None)
-                else:
-                    entries[key] = ref
-            ordered = sorted(entries.items(), key=lambda kv: _sort_key(name, kv[0]))
-            for start in range(0, len(ordered), self.max_refs):
-                piece = ordered[start : start + self.max_refs]
-                data = encode_shard(piece)
+            if i < len(infos):
+                table = self.base._load(infos[i]).apply(groups[i], sort_key)
+            else:
+                entries = [(k, r) for k, r in groups[i].items() if r is not None]
+                entries.sort(key=lambda kv: sort_key(kv[0]))
+                table = _table_of(entries)
+            for start in range(0, table.num_rows, self.max_refs):
+                piece = table.slice(start, self.max_refs)
+                data = _encode(piece)
                 digest = content_hash(data)
                 out[digest] = data
-                result.append(ShardInfo(digest, len(piece), piece[0][0], piece[-1][0]))
+                keys = piece.column("key")
+                result.append(ShardInfo(digest, piece.num_rows, keys[0].as_py(), keys[-1].as_py()))
+                SHARD_CACHE.put(digest, Shard(piece))
         return result
 
 
@@ -483,16 +561,19 @@ def _arrays_after(base: Manifest, changes: Mapping[str, Ref | None]) -> frozense
 
 def _changes_by_section(
     base: Manifest, arrays: frozenset[str], changes: Mapping[str, Ref | None]
-) -> dict[str, dict[str, Ref | None]]:
-    """Changes grouped by section, plus the moves that a change of arrays requires.
+) -> tuple[dict[str, dict[str, Ref | None]], dict[str, dict[str, tuple[Any, ...]]]]:
+    """Changes grouped by section, plus the moves that a change of arrays requires,
+    and the sort key of each changed key (computed once: parsing is the costly part).
 
     Chunks of an array that is no longer an array move to the ``meta`` section; files
     under a new array's path that look like its chunks move into its section.
     """
     out: dict[str, dict[str, Ref | None]] = {}
+    sort_keys: dict[str, dict[str, tuple[Any, ...]]] = {}  # section -> key -> order
 
     def put(key: str, ref: Ref | None) -> None:
-        new = section_of(key, arrays)
+        new, order = _place(key, arrays)
+        sort_keys.setdefault(new, {})[key] = order
         out.setdefault(new, {})[key] = ref
         if base.is_empty:
             return
@@ -512,4 +593,4 @@ def _changes_by_section(
                 put(key, ref)
     # removed arrays' sections are dropped whole; no need to delete from them
     removed = {_array_section(a) for a in base.arrays - arrays}
-    return {name: ch for name, ch in out.items() if name not in removed}
+    return {name: ch for name, ch in out.items() if name not in removed}, sort_keys

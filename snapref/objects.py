@@ -16,6 +16,7 @@ Layout, relative to the warehouse root::
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import tempfile
@@ -74,24 +75,48 @@ class Warehouse:
         in, and zarr runs its own loop.
         """
         if self.fs.async_impl:
-            cls = type(self.fs)
-            return cls(
-                **{**self.storage_options, "asynchronous": True, "skip_instance_cache": True}
-            )
+            return new_async_fs(type(self.fs), self.storage_options)
         return AsyncFileSystemWrapper(self.fs, asynchronous=True)
 
     def fs_for(self, asynchronous: bool) -> AsyncFileSystem:
         """The warehouse filesystem with async methods: :meth:`async_fs` for use in
         another event loop, else :attr:`fs` itself (wrapped if it is not async)."""
-        if asynchronous:
-            return self.async_fs()
         if self.fs.async_impl:
-            return self.fs
-        return AsyncFileSystemWrapper(self.fs, asynchronous=False)
+            return self.async_fs() if asynchronous else self.fs
+        return wrapped_fs(self.fs, asynchronous)
 
     def content(self, kind: str, suffix: str = "") -> ContentStore:
         """The content-addressed store of one kind: objects, shards or manifests."""
         return ContentStore(self, kind, suffix)
+
+
+def new_async_fs(cls: type, options: Mapping[str, Any]) -> AsyncFileSystem:
+    """A new asynchronous instance of an async fsspec filesystem class.
+
+    New each time, since such instances bind to the event loop they first run in. For
+    S3 the botocore session — slow to make, it loads service models from disk — is
+    shared by all instances of the process (it is not tied to a loop).
+    """
+    opts = {**options, "asynchronous": True, "skip_instance_cache": True}
+    if cls.__name__ == "S3FileSystem" and "session" not in opts:
+        opts["session"] = _aiobotocore_session()
+    fs: AsyncFileSystem = cls(**opts)
+    return fs
+
+
+@functools.lru_cache(maxsize=64)
+def wrapped_fs(fs: fsspec.AbstractFileSystem, asynchronous: bool) -> AsyncFileSystem:
+    """``fs`` (blocking) with async methods that run it in worker threads. Such a
+    wrapper is not tied to an event loop, and wrapping every method is slow, so one
+    wrapper per filesystem and mode serves the whole process."""
+    return AsyncFileSystemWrapper(fs, asynchronous=asynchronous)
+
+
+@functools.cache
+def _aiobotocore_session() -> Any:
+    from aiobotocore.session import AioSession
+
+    return AioSession()
 
 
 def _protocol(fs: fsspec.AbstractFileSystem) -> str:
@@ -167,6 +192,29 @@ class ContentStore:
             self.warehouse.fs.pipe(todo)
         return PutResult(len(todo), sum(len(b) for b in todo.values()))
 
+    async def put_async(self, afs: AsyncFileSystem, data: bytes) -> tuple[str, bool]:
+        """Store ``data`` from inside an event loop without blocking it: hashing and
+        local file writes run in a worker thread (hashlib releases the GIL). Returns
+        the digest and whether anything was written."""
+        if self.warehouse.is_local:
+            return await asyncio.to_thread(self._put_local, data)
+        digest = await asyncio.to_thread(content_hash, data)
+        path = self.path(digest)
+        try:
+            await afs._info(path)
+            return digest, False
+        except FileNotFoundError:
+            await afs._pipe_file(path, data)
+            return digest, True
+
+    def _put_local(self, data: bytes) -> tuple[str, bool]:
+        digest = content_hash(data)
+        path = self.path(digest)
+        if os.path.exists(path):
+            return digest, False
+        _atomic_write_local(path, data)
+        return digest, True
+
     def _exists_many(self, paths: list[str]) -> set[str]:
         fs = self.warehouse.fs
         if self.warehouse.is_local:
@@ -210,8 +258,16 @@ class ContentStore:
         return {d: self.verify(d, data[p]) for d, p in zip(digests, paths, strict=True)}
 
     async def get_async(self, afs: AsyncFileSystem, digest: str) -> bytes:
-        """Like :meth:`get`, through an asynchronous filesystem from ``async_fs()``."""
-        return self.verify(digest, await afs._cat_file(self.path(digest)))
+        """Like :meth:`get`, through an asynchronous filesystem from ``async_fs()``;
+        reading (local files) and checking the hash run in a worker thread."""
+        if self.warehouse.is_local:
+            return await asyncio.to_thread(self._get_local, digest)
+        data = await afs._cat_file(self.path(digest))
+        return await asyncio.to_thread(self.verify, digest, data)
+
+    def _get_local(self, digest: str) -> bytes:
+        with open(self.path(digest), "rb") as f:
+            return self.verify(digest, f.read())
 
     def verify(self, digest: str, data: bytes) -> bytes:
         """Return ``data`` if it hashes to ``digest``; raise IntegrityError otherwise."""

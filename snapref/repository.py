@@ -9,13 +9,14 @@ thin layer over these methods.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 import posixpath
 import subprocess
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import ujson
@@ -35,7 +36,17 @@ from snapref.fs import SnapshotFileSystem, SourcePolicy, StagedReferences
 from snapref.manifest import InlineRef, Manifest, ObjectRef, VirtualRef
 from snapref.objects import Warehouse
 from snapref.refs import encode_inline, load_reference_file, parse_references, source_prefix
+from snapref.refs_parquet import (
+    DEFAULT_RECORD_SIZE,
+    is_parquet_references,
+    load_parquet_references,
+    write_parquet_references,
+)
+from snapref.refs_parquet import RECORD_FILE as PARQUET_RECORD_FILE
 from snapref.transaction import ChangeSet, Transaction, commit_changes
+
+if TYPE_CHECKING:
+    from snapref.listing import DatasetListing
 
 __all__ = ["Repository", "connect", "init", "open", "open_dataset", "split_spec"]
 
@@ -86,6 +97,21 @@ class Repository:
     def datasets(self) -> list[str]:
         """Names of the datasets in this repository, sorted."""
         return [d.name for d in self.db.datasets()]
+
+    def catalog(self, versions: bool = False) -> list[DatasetListing]:
+        """The catalogue: every dataset with its description, latest version,
+        branches, tags, number of versions and last change (see :mod:`snapref.listing`);
+        ``versions=True`` adds every version."""
+        from snapref.listing import catalog
+
+        return catalog(self, versions=versions)
+
+    def to_intake(self, path: str, *, route: str = "snapref", **kw: Any) -> dict[str, Any]:
+        """Write the catalogue as an Intake catalogue file (YAML) at ``path``; see
+        :func:`snapref.listing.to_intake`."""
+        from snapref.listing import to_intake
+
+        return to_intake(self, path, route=route, **kw)
 
     def head(self, name: str, branch: str = MAIN_BRANCH) -> Snapshot:
         """The snapshot at the head of ``branch`` of dataset ``name``."""
@@ -235,8 +261,13 @@ class Repository:
         author: str | None = None,
         properties: Mapping[str, Any] | None = None,
         allow_sources: Iterable[str] = (),
+        rebase: bool = False,
     ) -> Transaction:
-        """Start editing ``branch`` of dataset ``name``; see :class:`Transaction`."""
+        """Start editing ``branch`` of dataset ``name``; see :class:`Transaction`.
+
+        ``rebase=True``: if the branch moves before the commit, the edits are replayed
+        onto its new head when they touch other keys (else a MergeConflictError).
+        """
         return Transaction(
             self,
             name,
@@ -245,6 +276,7 @@ class Repository:
             author=author,
             properties=properties,
             allow_sources=allow_sources,
+            rebase=rebase,
         )
 
     def import_references(
@@ -343,7 +375,7 @@ class Repository:
             parent_snap = self.resolve(name, parent)
             branch = branch or MAIN_BRANCH
         base = self.manifest(parent_snap)
-        parsed = self._parse(refs, storage_options)
+        parsed = self._parse(refs, storage_options, base)
         changeset = ChangeSet()
         for key, value in parsed.items():
             if isinstance(value, VirtualRef):
@@ -375,11 +407,19 @@ class Repository:
         if snap is not None and isinstance(refs, str) and refs != "-":
             # the file now matches the new version: further edits continue from it
             _write_record(refs + SIDECAR_SUFFIX, self._record(snap, branch), storage_options)
+            if is_parquet_references(refs, storage_options):
+                inside = refs.rstrip("/") + "/" + PARQUET_RECORD_FILE
+                _write_record(inside, self._record(snap, branch), storage_options)
         return snap
 
     def _parse(
-        self, refs: Mapping[str, Any] | str, storage_options: Mapping[str, Any] | None
+        self,
+        refs: Mapping[str, Any] | str,
+        storage_options: Mapping[str, Any] | None,
+        parent_manifest: Manifest | None = None,
     ) -> dict[str, Any]:
+        if isinstance(refs, str) and is_parquet_references(refs, storage_options):
+            return load_parquet_references(refs, storage_options, parent_manifest)
         if isinstance(refs, str):
             base = None if "://" in refs else os.path.dirname(os.path.abspath(refs))
             return parse_references(load_reference_file(refs, storage_options), base)
@@ -412,23 +452,42 @@ class Repository:
         *,
         branch: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        format: str = "json",  # noqa: A002 - the CLI's --format
+        record_size: int = DEFAULT_RECORD_SIZE,
     ) -> Snapshot:
-        """Write version ``version`` of ``name`` as a kerchunk JSON reference file.
+        """Write version ``version`` of ``name`` as a kerchunk JSON reference file, or
+        with ``format="parquet"`` as a complete parquet reference directory
+        (:mod:`snapref.refs_parquet`, ``record_size`` references per record file).
 
         A record of the checkout (repository, dataset, snapshot, branch) is kept in the
-        file under ``"snapref"`` and in a sidecar file ``PATH.snapref``, so that
-        :meth:`commit_references` knows the parent even after ``fs.save_json``.
+        file under ``"snapref"`` (in ``PATH/.snapref`` for a directory) and in a
+        sidecar file ``PATH.snapref``, so that :meth:`commit_references` knows the
+        parent even after ``fs.save_json`` or the lazy mapper's ``flush()``.
         """
         import fsspec
 
+        if format not in ("json", "parquet"):
+            raise InvalidInputError(f"Unknown reference format {format!r}: use json or parquet")
         snap = self.resolve(name, version, branch=branch)
-        out = self.to_references(name, snap.id)
         on_branch = branch or (
             str(version)
             if (r := self.db.ref(name, str(version))) and r.kind == BRANCH
             else MAIN_BRANCH
         )
         record = self._record(snap, on_branch)
+        if format == "parquet":
+            path = path.rstrip("/")
+            write_parquet_references(
+                self,
+                snap,
+                path,
+                record_size=record_size,
+                storage_options=storage_options,
+                record=record,
+            )
+            _write_record(path + SIDECAR_SUFFIX, record, storage_options)
+            return snap
+        out = self.to_references(name, snap.id)
         out["snapref"] = record
         with fsspec.open(path, "wb", **dict(storage_options or {})) as f:
             f.write(ujson.dumps(out).encode())
@@ -474,10 +533,11 @@ class Repository:
     def filesystem(
         self, name: str, version: VersionSpec = None, *, asynchronous: bool = False, **kw: Any
     ) -> SnapshotFileSystem:
-        """A read-only fsspec filesystem over one version of ``name``."""
-        snap = self.resolve(name, version, **kw)
-        staged = StagedReferences(self.manifest(snap))
-        return self._filesystem(staged, name, asynchronous=asynchronous, read_only=True)
+        """A read-only fsspec filesystem over one version of ``name`` (a
+        :class:`~snapref.protocol.SnaprefFileSystem`: it pickles cheaply for dask)."""
+        from snapref.protocol import SnaprefFileSystem
+
+        return SnaprefFileSystem(self, name, version, asynchronous=asynchronous, **kw)
 
     def store(self, name: str, version: VersionSpec = None, **kw: Any) -> FsspecStore:
         """A read-only zarr 3 store (a :class:`~snapref.fs.SnapshotStore`) over one
@@ -508,26 +568,125 @@ class Repository:
         xr_kwargs.setdefault("chunks", None)
         return xr.open_dataset(store, engine="zarr", **xr_kwargs)
 
+    # -- history (snapref/history.py, snapref/inspect.py) ----------------------------
+
+    def diff(self, name: str, old: VersionSpec, new: VersionSpec = None) -> Any:
+        """What changed between two versions: a :class:`snapref.history.Diff`."""
+        from snapref import history
+
+        return history.diff(self, self.resolve(name, old), self.resolve(name, new))
+
+    def blame(
+        self,
+        name: str,
+        array: str,
+        index: Iterable[int] | None = None,
+        version: VersionSpec = None,
+        *,
+        history: bool = False,
+    ) -> list[Any]:
+        """Who last wrote each chunk of ``array`` (or the chunk holding ``index``);
+        see :func:`snapref.history.blame`."""
+        from snapref import history as h
+
+        idx = None if index is None else tuple(index)
+        return h.blame(self, self.resolve(name, version), array, idx, history=history)
+
+    def source_files(self, name: str, version: VersionSpec = None) -> list[Any]:
+        """External files a version references, with chunk and byte counts."""
+        from snapref import history
+
+        return history.sources(self, self.resolve(name, version))
+
+    def versions_using(self, url: str) -> list[Any]:
+        """``[(snapshot, SourceUse)]``: every version of every dataset referencing
+        ``url`` (a URL ending in ``/`` matches every file under it)."""
+        from snapref import history
+
+        return history.snapshots_using(self, url)
+
+    def reset(
+        self,
+        name: str,
+        to: VersionSpec,
+        branch: str = MAIN_BRANCH,
+        *,
+        author: str | None = None,
+        message: str | None = None,
+    ) -> Snapshot:
+        """Move ``branch`` back (or anywhere) to version ``to``; returns the old head."""
+        from snapref import history
+
+        return history.reset(
+            self, name, branch, self.resolve(name, to), author=author, message=message
+        )
+
+    def revert(
+        self,
+        name: str,
+        version: VersionSpec,
+        branch: str = MAIN_BRANCH,
+        *,
+        message: str | None = None,
+        author: str | None = None,
+    ) -> Snapshot | None:
+        """Commit a new version on ``branch`` that undoes ``version``'s changes."""
+        from snapref import history
+
+        snap = self.resolve(name, version)
+        return history.revert(self, snap, branch=branch, message=message, author=author)
+
+    def merge(
+        self,
+        name: str,
+        source: str,
+        into: str = MAIN_BRANCH,
+        *,
+        message: str | None = None,
+        strategy: str | None = None,
+        author: str | None = None,
+    ) -> Any:
+        """Three-way merge of branch ``source`` into ``into``; a
+        :class:`snapref.history.MergeResult`."""
+        from snapref import history
+
+        return history.merge(
+            self, name, source, into=into, message=message, strategy=strategy, author=author
+        )
+
+    def audit(self, name: str | None = None) -> list[Any]:
+        """Every ref change (commit, tag, branch, reset, merge, revert), oldest first."""
+        if name is not None:
+            self.db.dataset(name)
+        return self.db.ref_log(name)
+
+    @property
+    def inspect(self) -> Any:
+        """Metadata tables as Arrow tables; see :class:`snapref.inspect.Inspector`."""
+        from snapref.inspect import Inspector
+
+        return Inspector(self)
+
     # -- provenance --------------------------------------------------------------------
 
     @staticmethod
     def default_author() -> str:
         """Author for new versions: ``$SNAPREF_AUTHOR``, else git's user, else the login."""
-        env = os.environ.get("SNAPREF_AUTHOR")
-        if env:
-            return env
-        try:
-            name = subprocess.run(
-                ["git", "config", "user.name"], capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-            email = subprocess.run(
-                ["git", "config", "user.email"], capture_output=True, text=True, timeout=5
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            name = email = ""
-        if name:
-            return f"{name} <{email}>" if email else name
-        return getpass.getuser()
+        return os.environ.get("SNAPREF_AUTHOR") or _git_author() or getpass.getuser()
+
+
+@functools.cache  # two subprocesses: once per process is enough
+def _git_author() -> str:
+    try:
+        name = subprocess.run(
+            ["git", "config", "user.name"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        email = subprocess.run(
+            ["git", "config", "user.email"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{name} <{email}>" if name and email else name
 
 
 # -- module-level entry points -----------------------------------------------------------
@@ -727,6 +886,13 @@ def _checkout_record(
         with fsspec.open(refs + SIDECAR_SUFFIX, "rb", **dict(storage_options or {})) as f:
             return dict(ujson.loads(f.read()))
     except (FileNotFoundError, ValueError, TypeError):
+        pass
+    try:
+        with fsspec.open(
+            refs.rstrip("/") + "/" + PARQUET_RECORD_FILE, "rb", **dict(storage_options or {})
+        ) as f:
+            return dict(ujson.loads(f.read()))
+    except (FileNotFoundError, NotADirectoryError, ValueError, TypeError):
         pass
     try:
         doc = load_reference_file(refs, storage_options)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from snapref.catalog import Snapshot
-from snapref.errors import TransactionClosedError
+from snapref.errors import ConflictError, TransactionClosedError
 from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
 from snapref.keys import is_metadata_key
 from snapref.manifest import InlineRef, Manifest, ManifestWriter, ObjectRef, Ref, VirtualRef
@@ -42,6 +42,8 @@ class ChangeSet:
 
     changes: dict[str, Ref | None] = field(default_factory=dict)
     objects: dict[str, bytes] = field(default_factory=dict)
+    #: objects (count, bytes) already stored while staging, for the summary
+    staged_written: tuple[int, int] = (0, 0)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Stage ``data`` at ``key``: inline for zarr metadata, an object otherwise."""
@@ -62,7 +64,9 @@ class ChangeSet:
         else:
             real = {k: r for k, r in self.changes.items() if base.get(k) != r}
         needed = {r.digest for r in real.values() if isinstance(r, ObjectRef)}
-        return ChangeSet(real, {d: b for d, b in self.objects.items() if d in needed})
+        return ChangeSet(
+            real, {d: b for d, b in self.objects.items() if d in needed}, self.staged_written
+        )
 
     def virtual_refs(self) -> Iterable[tuple[str, VirtualRef]]:
         return ((k, r) for k, r in self.changes.items() if isinstance(r, VirtualRef))
@@ -82,11 +86,14 @@ def commit_changes(
     allow_sources: Iterable[str] = (),
     new_sources: Iterable[str] = (),
     description: str = "",
+    merged_parents: Iterable[str] = (),
+    action: str = "commit",
 ) -> Snapshot | None:
     """Write ``changeset`` as a new version of ``dataset`` on ``branch``.
 
     ``parent`` None creates the dataset. Returns the new snapshot, or None when the
-    changes turn out to change nothing.
+    changes turn out to change nothing. ``merged_parents`` are further parents (a
+    merge commit); ``action`` is what the ref log records.
 
     Raises
     ------
@@ -108,12 +115,13 @@ def commit_changes(
     written = repo.objects.put_many(changeset.objects)
     result = ManifestWriter(base).write(changeset.changes)
     ops, summary = _summarize(base, changeset.changes)
-    summary["bytes_written"] = written.bytes_written + result.bytes_written
-    summary["objects_written"] = written.written
+    staged_objects, staged_bytes = changeset.staged_written
+    summary["bytes_written"] = written.bytes_written + result.bytes_written + staged_bytes
+    summary["objects_written"] = written.written + staged_objects
     summary["shards_written"] = result.shards_written
     row = {
         "manifest": result.manifest.digest or "",
-        "parents": [parent.id] if parent else [],
+        "parents": [parent.id, *merged_parents] if parent else [],
         "branch": branch,
         "author": author or repo.default_author(),
         "message": message,
@@ -128,7 +136,7 @@ def commit_changes(
             dataset, row, {}, sources=[*allow_sources, *new_sources], description=description
         )
     return repo.db.commit(
-        dataset, branch, parent.id, row, ops, sources=[*allow_sources, *new_sources]
+        dataset, branch, parent.id, row, ops, sources=[*allow_sources, *new_sources], action=action
     )
 
 
@@ -175,8 +183,11 @@ class Transaction:
         author: str | None = None,
         properties: Mapping[str, Any] | None = None,
         allow_sources: Iterable[str] = (),
+        rebase: bool = False,
     ) -> None:
         self.repo = repo
+        #: On commit, replay the edits onto a branch that moved, if they do not overlap.
+        self.rebase = rebase
         self.dataset = dataset
         self.branch = branch
         self.message = message
@@ -229,8 +240,11 @@ class Transaction:
         for key, data in self.staged.staged.items():
             if data is None:
                 cs.delete(key)
+            elif isinstance(data, ObjectRef):
+                cs.changes[key] = data  # stored while staging
             else:
                 cs.put_bytes(key, data)
+        cs.staged_written = (self.staged.objects_written, self.staged.bytes_written)
         return cs
 
     def commit(self) -> Snapshot | None:
@@ -239,24 +253,39 @@ class Transaction:
         Raises
         ------
         ConflictError
-            If the branch moved since the transaction started. Nothing is recorded and
-            the transaction is closed.
+            If the branch moved since the transaction started (with ``rebase=True``: and
+            changed a key this transaction changed too — a
+            :class:`~snapref.errors.MergeConflictError` naming the keys). Nothing is
+            recorded and the transaction is closed.
         """
         self._check_open()
         self._closed = True
-        self.snapshot = commit_changes(
-            self.repo,
-            self.dataset,
-            self.branch,
-            self.parent,
-            self.base,
-            self.changeset(),
-            message=self.message,
-            author=self.author,
-            properties=self.properties,
-            allow_sources=self.allow_sources,
-        )
-        return self.snapshot
+        changeset = self.changeset()
+        parent, base = self.parent, self.base
+        for attempt in range(10 if self.rebase else 1):
+            try:
+                self.snapshot = commit_changes(
+                    self.repo,
+                    self.dataset,
+                    self.branch,
+                    parent,
+                    base,
+                    changeset,
+                    message=self.message,
+                    author=self.author,
+                    properties=self.properties,
+                    allow_sources=self.allow_sources,
+                )
+                return self.snapshot
+            except ConflictError:
+                if not self.rebase or attempt == 9:
+                    raise
+            # the branch moved: replay the edits onto its new head if they do not overlap
+            from snapref.history import rebase_changeset
+
+            changeset = changeset.without_noops(base)
+            parent, base = rebase_changeset(self.repo, self.dataset, self.branch, parent, changeset)
+        raise AssertionError("unreachable")
 
     def discard(self) -> None:
         """Drop every staged edit; nothing is written."""

@@ -7,6 +7,7 @@ from snapref.catalog.sql import (
     TAG,
     Catalog,
     DatasetRecord,
+    RefLogEntry,
     RefRecord,
     Snapshot,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "TAG",
     "Catalog",
     "DatasetRecord",
+    "RefLogEntry",
     "RefRecord",
     "Snapshot",
 ]

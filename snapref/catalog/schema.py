@@ -25,7 +25,7 @@ from sqlalchemy import (
 
 __all__ = ["SCHEMA_VERSION", "metadata"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -89,7 +89,21 @@ snapshot_changes = Table(
     Column("op", String(1), nullable=False),
     PrimaryKeyConstraint("snapshot_id", "key"),
     CheckConstraint("op IN ('A', 'M', 'D')", name="ck_snapshot_changes_op"),
-    Index("ix_snapshot_changes_key", "key"),
+    # blame: every change of one key is an index-only range scan (schema version 2)
+    Index("ix_snapshot_changes_key_snapshot", "key", "snapshot_id"),
+)
+
+#: The parents of each snapshot, relationally (``snapshots.parents`` holds the same as
+#: JSON): ordinal 0 is the first parent, 1 the merged branch. Ancestry is one recursive
+#: query over this table (schema version 2).
+snapshot_parents = Table(
+    "snapshot_parents",
+    metadata,
+    Column("snapshot_id", String(32), ForeignKey("snapshots.id"), nullable=False),
+    Column("ordinal", Integer, nullable=False, autoincrement=False),
+    Column("parent_id", String(32), ForeignKey("snapshots.id"), nullable=False),
+    PrimaryKeyConstraint("snapshot_id", "ordinal"),
+    Index("ix_snapshot_parents_parent", "parent_id"),
 )
 
 #: Branches (movable) and tags (fixed), per dataset.
@@ -116,6 +130,8 @@ ref_log = Table(
     Column("new_snapshot", String(32), nullable=True),
     Column("timestamp", String(32), nullable=False),
     Column("author", Text, nullable=False),
+    # why the ref moved (reset, merge, revert); added in schema version 2
+    Column("message", Text, nullable=True),
     Index("ix_ref_log_dataset_ref_time", "dataset", "ref", "timestamp"),
 )
 

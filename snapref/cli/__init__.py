@@ -5,7 +5,11 @@ with code 1; usage errors exit with code 2. Commands live in modules by topic; e
 registers itself on the group defined in :mod:`snapref.cli._common`.
 """
 
-from snapref.cli import core  # noqa: F401  (registers the commands)
+from snapref.cli import (
+    catalog,  # noqa: F401  (catalog, ls, describe, ingest)
+    core,  # noqa: F401  (registers the commands)
+    history,  # noqa: F401  (diff, blame, merge, audit, query, ...)
+)
 from snapref.cli._common import cli
 
 __all__ = ["cli", "main"]

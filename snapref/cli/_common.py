@@ -12,6 +12,7 @@ import click
 import ujson
 
 import snapref
+from snapref import progress
 from snapref.catalog import Snapshot
 from snapref.catalog.sql import format_time
 from snapref.errors import SnapRefError
@@ -123,8 +124,16 @@ prop_option = click.option(
     help="fsspec option for the warehouse and for reference files at remote URLs "
     "(credentials, endpoint_url, ...); repeatable. Never stored.",
 )
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bars (they show only on a terminal anyway).",
+)
 @click.pass_context
-def cli(ctx: click.Context, repo_url: str | None, storage_options: tuple[str, ...]) -> None:
+def cli(
+    ctx: click.Context, repo_url: str | None, storage_options: tuple[str, ...], quiet: bool
+) -> None:
     """snapref: versioned snapshots of Zarr / kerchunk datasets.
 
     \b
@@ -135,6 +144,7 @@ def cli(ctx: click.Context, repo_url: str | None, storage_options: tuple[str, ..
         snapref log air
     """
     ctx.obj = Context(repo_url, _storage_options(storage_options))
+    ctx.with_resource(progress.enabled(progress.should_show(quiet)))
 
 
 def print_snapshot(snap: Snapshot, as_json: bool, verb: str) -> None:

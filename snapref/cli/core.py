@@ -69,7 +69,8 @@ def import_(
     props: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Adopt the kerchunk reference set REFS (JSON) as version 1 of dataset NAME.
+    """Adopt the kerchunk reference set REFS (a JSON file, or a parquet reference
+    directory) as version 1 of dataset NAME.
 
     Virtual references stay virtual (nothing is copied); the folders they point into
     become the dataset's allowed sources.
@@ -93,18 +94,38 @@ def import_(
 @cli.command()
 @click.argument("spec", metavar="NAME[@VERSION]")
 @click.option("-o", "--output", required=True, metavar="PATH", help="Reference file to write.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "parquet"]),
+    default="json",
+    show_default=True,
+    help="parquet: a complete parquet reference directory (fsspec's lazy layout).",
+)
+@click.option(
+    "--record-size",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="References per parquet record file (--format parquet).",
+)
 @json_option
 @pass_ctx
 @handle_errors
-def checkout(obj: Context, spec: str, output: str, as_json: bool) -> None:
-    """Write a version as a plain kerchunk JSON reference file.
+def checkout(
+    obj: Context, spec: str, output: str, fmt: str, record_size: int, as_json: bool
+) -> None:
+    """Write a version as a plain kerchunk JSON reference file, or as a parquet
+    reference directory (--format parquet).
 
-    Edit it with fsspec + zarr (saving with fs.save_json), then record it with
-    'snapref commit'. A sidecar file OUTPUT.snapref remembers the version.
+    Edit it with fsspec + zarr (saving with fs.save_json, or the lazy mapper's
+    flush() for parquet), then record it with 'snapref commit'. A sidecar file
+    OUTPUT.snapref remembers the version.
 
     \b
     Example:
         snapref checkout air@3 -o work.json
+        snapref checkout air --format parquet -o work.parq
     """
     name, version = split_spec(spec)
     snap = obj.repo().checkout(
@@ -112,6 +133,8 @@ def checkout(obj: Context, spec: str, output: str, as_json: bool) -> None:
         version,
         output,
         storage_options=obj.storage_options if "://" in output else None,
+        format=fmt,
+        record_size=record_size,
     )
     if as_json:
         emit_json({"path": output, **snap.to_json()})
@@ -149,7 +172,8 @@ def commit(
     props: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Record an edited reference file as a new version of NAME.
+    """Record an edited reference file (JSON, or parquet directory) as a new version
+    of NAME.
 
     Only changed chunks become new objects. If the branch moved since the checkout,
     the commit is refused as a conflict.
@@ -181,17 +205,38 @@ def commit(
 @cli.command()
 @click.argument("name")
 @click.option("--branch", help="Branch to list (default: main).")
+@click.option("--graph", is_flag=True, help="Draw every branch and merge as ASCII art.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "dot"]),
+    default="text",
+    help="dot: the version graph for Graphviz (dot -Tpng).",
+)
 @json_option
 @pass_ctx
 @handle_errors
-def log(obj: Context, name: str, branch: str | None, as_json: bool) -> None:
+def log(obj: Context, name: str, branch: str | None, graph: bool, fmt: str, as_json: bool) -> None:
     """List the versions of NAME, newest first.
 
     \b
     Example:
         snapref log air
         snapref log air --branch qc --json
+        snapref log air --graph
+        snapref log air --format dot | dot -Tpng > air.png
     """
+    if graph or fmt == "dot":
+        from snapref import history as h
+
+        obj.repo().db.dataset(name)
+        if fmt == "dot":
+            click.echo(h.graph_dot(obj.repo(), name), nl=False)
+        else:
+            for line in h.graph_lines(obj.repo(), name):
+                click.echo(line)
+        return
+    as_json = as_json or fmt == "json"
     history = obj.repo().log(name, branch)
     if as_json:
         emit_json([s.to_json() for s in history])

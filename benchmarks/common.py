@@ -1,0 +1,226 @@
+"""Helpers shared by the workloads: timing, disk accounting, subprocesses, systems."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Result:
+    """One measured quantity of one system in one workload case."""
+
+    workload: str
+    case: str
+    system: str
+    metric: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "median": self.median}
+
+
+class Recorder:
+    """Collects results; workloads call :meth:`add`."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+
+    def add(
+        self,
+        workload: str,
+        case: str,
+        system: str,
+        metric: str,
+        unit: str,
+        values: list[float] | float,
+    ) -> Result:
+        vals = values if isinstance(values, list) else [values]
+        r = Result(workload, case, system, metric, unit, [float(v) for v in vals])
+        self.results.append(r)
+        print(
+            f"  {workload:3} {case:18} {system:22} {metric:22} {r.median:12.4g} {unit}"
+            f"  [{r.low:.4g}-{r.high:.4g}]",
+            flush=True,
+        )
+        return r
+
+    def get(self, workload: str, case: str, system: str, metric: str) -> Result | None:
+        for r in self.results:
+            if (r.workload, r.case, r.system, r.metric) == (workload, case, system, metric):
+                return r
+        return None
+
+
+def timed(func: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()
+    t0 = time.perf_counter()
+    out = func()
+    return time.perf_counter() - t0, out
+
+
+def tree_size(path: Path) -> tuple[int, int]:
+    """(bytes, files) under ``path``."""
+    total = files = 0
+    for root, _dirs, names in os.walk(path):
+        for n in names:
+            try:
+                total += os.path.getsize(os.path.join(root, n))
+                files += 1
+            except FileNotFoundError:
+                pass
+    return total, files
+
+
+def stored(path: Path) -> tuple[int, int]:
+    """(bytes, files) a repository occupies at rest: an SQLite catalog in it is
+    checkpointed first, so its write-ahead log (a bounded, reused journal) is not
+    counted as stored data."""
+    import sqlite3
+
+    for db in path.glob("*.db"):
+        con = sqlite3.connect(db)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
+    return tree_size(path)
+
+
+@contextmanager
+def workdir(prefix: str) -> Iterator[Path]:
+    base = os.environ.get("SNAPREF_BENCH_TMP")
+    d = Path(tempfile.mkdtemp(prefix=f"snapref-bench-{prefix}-", dir=base))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run_child(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``code`` in a fresh Python process; it must print one JSON line last.
+
+    Wall time of the whole child (interpreter start, imports, work) is added as
+    ``wall``; the child reports its own peak RSS from /proc/self/status (VmHWM):
+    getrusage in a child of a large parent reports the parent's peak.
+    """
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"child failed:\n{out.stderr[-3000:]}")
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    data["wall"] = wall
+    return data
+
+
+CHILD_PEAK_RSS = """
+def _peak_rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+
+
+def virtual_refs(blob: Path, side: int) -> dict[str, Any]:
+    """kerchunk references of a side x side array of 1-element uint16 chunks, all
+    virtual byte ranges of one local file (as a kerchunk import of HDF5 would be)."""
+    np.arange(side * side, dtype="<u2").tofile(blob)
+    zarray = {
+        "zarr_format": 2,
+        "shape": [side, side],
+        "chunks": [1, 1],
+        "dtype": "<u2",
+        "compressor": None,
+        "fill_value": 0,
+        "order": "C",
+        "filters": None,
+    }
+    refs: dict[str, Any] = {
+        ".zgroup": json.dumps({"zarr_format": 2}),
+        "v/.zarray": json.dumps(zarray),
+    }
+    url = str(blob)
+    for i in range(side):
+        for j in range(side):
+            refs[f"v/{i}.{j}"] = [url, 2 * (i * side + j), 2]
+    return {"version": 1, "refs": refs}
+
+
+def quiet_icechunk() -> Any:
+    import icechunk as ic
+
+    ic.set_logs_filter("error")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    return ic
+
+
+def icechunk_repo(path: Path, source_dir: Path | None, split: bool) -> Any:
+    """A new Icechunk repository on local disk, default or with manifest splitting
+    (100 chunks per axis), allowed to read virtual chunks under ``source_dir``."""
+    ic = quiet_icechunk()
+    cfg = icechunk_config(source_dir, split)
+    return ic.Repository.create(
+        ic.local_filesystem_storage(str(path)),
+        config=cfg,
+        authorize_virtual_chunk_access=icechunk_creds(source_dir),
+    )
+
+
+def icechunk_config(source_dir: Path | None, split: bool) -> Any:
+    ic = quiet_icechunk()
+    cfg = ic.RepositoryConfig.default()
+    if source_dir is not None:
+        prefix = f"file://{source_dir}/"
+        cfg.set_virtual_chunk_container(
+            ic.VirtualChunkContainer(prefix, ic.local_filesystem_store(str(source_dir)))
+        )
+    if split:
+        cfg.manifest = ic.ManifestConfig(
+            splitting=ic.ManifestSplittingConfig.from_dict(
+                {ic.ManifestSplitCondition.AnyArray(): {ic.ManifestSplitDimCondition.Any(): 100}}
+            )
+        )
+    return cfg
+
+
+def icechunk_creds(source_dir: Path | None) -> Any:
+    ic = quiet_icechunk()
+    if source_dir is None:
+        return None
+    return ic.containers_credentials(
+        {f"file://{source_dir}/": ic.credentials.LocalFileSystemAccess}
+    )

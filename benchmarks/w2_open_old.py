@@ -1,0 +1,184 @@
+"""W2: after 100 versions, open version 1 of a 10^6-chunk array and read one chunk,
+warm (libraries imported, a new repository handle, nothing of version 1 cached) and
+in a fresh process (interpreter start + imports + open + read; peak RSS from the
+child's /proc/self/status)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import zarr
+
+from benchmarks.common import (
+    CHILD_PEAK_RSS,
+    Recorder,
+    icechunk_config,
+    icechunk_creds,
+    icechunk_repo,
+    quiet_icechunk,
+    run_child,
+    timed,
+    virtual_refs,
+    workdir,
+)
+
+ROW = COL = 500
+
+
+def run(rec: Recorder, quick: bool) -> None:
+    n, versions = (10**4, 10) if quick else (10**6, 100)
+    side = math.isqrt(n)
+    row = col = min(ROW, side - 1)
+    repeats = 3 if quick else 5
+    with workdir("w2") as d:
+        refs = virtual_refs(d / "blob.bin", side)
+        expected = row * side + col
+        (d / "v1.json").write_text(json.dumps(refs))
+        _snapref(rec, d, refs, versions, repeats, row, col, expected)
+        for split in (False, True):
+            _icechunk(rec, d, side, versions, repeats, row, col, expected, split)
+        _kerchunk(rec, d, repeats, row, col, expected)
+
+
+def _add(rec: Recorder, system: str, warm: list[float], fresh: list[dict]) -> None:
+    rec.add("W2", "warm", system, "open+read time", "s", warm)
+    rec.add("W2", "fresh process", system, "open+read time", "s", [f["wall"] for f in fresh])
+    rec.add("W2", "fresh process", system, "peak RSS", "MB", [f["rss"] for f in fresh])
+
+
+def _snapref(
+    rec, d: Path, refs, versions: int, repeats: int, row: int, col: int, expected: int
+) -> None:
+    import snapref
+    from snapref.manifest import SHARD_CACHE
+
+    url = str(d / "snapref")
+    repo = snapref.init(url)
+    repo.import_references("a", refs, message="import")
+    for i in range(1, versions):
+        with repo.transaction("a", message=f"edit {i}") as tx:
+            zarr.open_group(tx.store, mode="r+")["v"][i % 100, 0] = 60000
+    repo.close()
+
+    def open_read() -> int:
+        SHARD_CACHE._items.clear()
+        return int(snapref.open(url, "a", version=1)["v"][row, col])
+
+    warm = []
+    for _ in range(repeats):
+        t, value = timed(open_read)
+        assert value == expected, value
+        warm.append(t)
+    code = (
+        CHILD_PEAK_RSS
+        + f"""
+import json, snapref
+v = int(snapref.open({url!r}, "a", version=1)["v"][{row}, {col}])
+assert v == {expected}, v
+print(json.dumps({{"rss": _peak_rss_mb()}}))
+"""
+    )
+    _add(rec, "snapref", warm, [run_child(code) for _ in range(repeats)])
+
+
+def _icechunk(
+    rec,
+    d: Path,
+    side: int,
+    versions: int,
+    repeats: int,
+    row: int,
+    col: int,
+    expected: int,
+    split: bool,
+) -> None:
+    ic = quiet_icechunk()
+    path = d / ("ice-split" if split else "ice")
+    repo = icechunk_repo(path, d, split)
+    s = repo.writable_session("main")
+    zarr.group(s.store).create_array(
+        "v", shape=(side, side), chunks=(1, 1), dtype="<u2", fill_value=0, compressors=None
+    )
+    url = f"file://{d / 'blob.bin'}"
+    s.store.set_virtual_refs(
+        "v",
+        [
+            ic.VirtualChunkSpec(index=[i, j], location=url, offset=2 * (i * side + j), length=2)
+            for i in range(side)
+            for j in range(side)
+        ],
+    )
+    first = s.commit("import")
+    for i in range(1, versions):
+        s = repo.writable_session("main")
+        zarr.open_array(s.store, path="v")[i % 100, 0] = 60000
+        s.commit(f"edit {i}")
+
+    def open_read() -> int:
+        r = ic.Repository.open(
+            ic.local_filesystem_storage(str(path)),
+            config=icechunk_config(d, split),
+            authorize_virtual_chunk_access=icechunk_creds(d),
+        )
+        sess = r.readonly_session(snapshot_id=first)
+        return int(zarr.open_array(sess.store, path="v", mode="r")[row, col])
+
+    warm = []
+    for _ in range(repeats):
+        t, value = timed(open_read)
+        assert value == expected, value
+        warm.append(t)
+    code = (
+        CHILD_PEAK_RSS
+        + f"""
+import json, zarr
+from pathlib import Path
+from benchmarks.common import quiet_icechunk, icechunk_config, icechunk_creds
+ic = quiet_icechunk()
+d = Path({str(d)!r})
+r = ic.Repository.open(ic.local_filesystem_storage({str(path)!r}), config=icechunk_config(d, {split}),
+                       authorize_virtual_chunk_access=icechunk_creds(d))
+v = int(zarr.open_array(r.readonly_session(snapshot_id={first!r}).store, path="v", mode="r")[{row}, {col}])
+assert v == {expected}, v
+print(json.dumps({{"rss": _peak_rss_mb()}}))
+"""
+    )
+    _add(
+        rec,
+        "icechunk-split" if split else "icechunk",
+        warm,
+        [run_child(code) for _ in range(repeats)],
+    )
+
+
+def _kerchunk(rec, d: Path, repeats: int, row: int, col: int, expected: int) -> None:
+    """The blog's method: version 1 is a JSON reference file; open it and read."""
+    import fsspec
+    from zarr.storage import FsspecStore
+
+    path = str(d / "v1.json")
+
+    def open_read() -> int:
+        fs = fsspec.filesystem("reference", fo=path, asynchronous=True, skip_instance_cache=True)
+        g = zarr.open_group(FsspecStore(fs, path=""), mode="r", zarr_format=2)
+        return int(g["v"][row, col])
+
+    warm = []
+    for _ in range(repeats):
+        t, value = timed(open_read)
+        assert value == expected, value
+        warm.append(t)
+    code = (
+        CHILD_PEAK_RSS
+        + f"""
+import json, fsspec, zarr
+from zarr.storage import FsspecStore
+fs = fsspec.filesystem("reference", fo={path!r}, asynchronous=True)
+v = int(zarr.open_group(FsspecStore(fs, path=""), mode="r", zarr_format=2)["v"][{row}, {col}])
+assert v == {expected}, v
+print(json.dumps({{"rss": _peak_rss_mb()}}))
+"""
+    )
+    _add(rec, "kerchunk-json", warm, [run_child(code) for _ in range(repeats)])

@@ -1,0 +1,232 @@
+"""W4 then W3: write and commit a ~1 GiB array (256 chunks of 4 MiB, float32,
+uncompressed) as a new dataset, then read it whole — on local disk and on a moto S3
+server on loopback. Throughput in MB/s (10^6 bytes per second)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from benchmarks.common import Recorder, quiet_icechunk, timed, workdir
+
+CHUNK = (1024, 1024)  # 4 MiB of float32
+
+
+def run(rec: Recorder, quick: bool) -> None:
+    grid = (4, 4) if quick else (16, 16)  # 64 MiB or 1 GiB
+    shape = (CHUNK[0] * grid[0], CHUNK[1] * grid[1])
+    data = np.random.default_rng(0).random(shape, dtype="float32")
+    repeats = 2 if quick else 3
+    with workdir("w34") as d:
+        _local(rec, d, data, repeats)
+    with _moto() as so:
+        _s3(rec, so, data, 1 if quick else 2)
+
+
+def _throughput(
+    rec: Recorder,
+    case: str,
+    system: str,
+    nbytes: int,
+    write: Callable[[int], Any],
+    read: Callable[[int], np.ndarray],
+    repeats: int,
+) -> None:
+    wt, rt = [], []
+    for r in range(repeats):
+        t, _ = timed(lambda r=r: write(r))
+        wt.append(nbytes / t / 1e6)
+    for r in range(repeats):
+        t, out = timed(lambda r=r: read(r))
+        assert out.shape and out.dtype == np.float32
+        rt.append(nbytes / t / 1e6)
+    rec.add("W4", case, system, "write+commit throughput", "MB/s", wt)
+    rec.add("W3", case, system, "read throughput", "MB/s", rt)
+
+
+def _local(rec: Recorder, d: Path, data: np.ndarray, repeats: int) -> None:
+    import snapref
+
+    n = data.nbytes
+
+    # plain zarr 3 on the same disk: the floor
+    def zw(r: int) -> None:
+        a = zarr.create_array(
+            str(d / f"zarr{r}"), shape=data.shape, chunks=CHUNK, dtype="float32", compressors=None
+        )
+        a[:] = data
+
+    _throughput(
+        rec,
+        "local",
+        "zarr",
+        n,
+        zw,
+        lambda r: zarr.open_array(str(d / f"zarr{r}"), mode="r")[:],
+        repeats,
+    )
+
+    ic = quiet_icechunk()
+
+    def iw(r: int) -> None:
+        repo = ic.Repository.create(ic.local_filesystem_storage(str(d / f"ice{r}")))
+        s = repo.writable_session("main")
+        zarr.create_array(
+            s.store, name="v", shape=data.shape, chunks=CHUNK, dtype="float32", compressors=None
+        )[:] = data
+        s.commit("write")
+
+    def ir(r: int) -> np.ndarray:
+        repo = ic.Repository.open(ic.local_filesystem_storage(str(d / f"ice{r}")))
+        return zarr.open_array(repo.readonly_session("main").store, path="v", mode="r")[:]
+
+    _throughput(rec, "local", "icechunk", n, iw, ir, repeats)
+
+    repo = snapref.init(str(d / "snapref"))
+
+    def sw(r: int) -> None:
+        repo.import_references(
+            f"a{r}", {"version": 1, "refs": {".zgroup": '{"zarr_format": 2}'}}, "empty"
+        )
+        with repo.transaction(f"a{r}", message="write") as tx:
+            zarr.create_array(
+                tx.store,
+                name="v",
+                shape=data.shape,
+                chunks=CHUNK,
+                dtype="float32",
+                compressors=None,
+            )[:] = data
+
+    _throughput(
+        rec, "local", "snapref", n, sw, lambda r: snapref.open(repo, f"a{r}")["v"][:], repeats
+    )
+    repo.close()
+
+
+def _serve_moto(conn: Any) -> None:
+    """In a child process: run a moto S3 server on a free loopback port until told to
+    stop. A separate process, so the server never competes with the measured client
+    for the GIL (Icechunk's client holds no GIL; Python clients would be penalised)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    conn.send(server.get_host_and_port())
+    conn.recv()  # any message: stop
+    server.stop()
+
+
+@contextmanager
+def _moto() -> Iterator[dict[str, Any]]:
+    import multiprocessing
+
+    import s3fs
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve_moto, args=(child,), daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("the moto server did not start within 60 s")
+        host, port = parent.recv()
+        so = {"endpoint_url": f"http://{host}:{port}", "key": "testing", "secret": "testing"}
+        s3fs.S3FileSystem(**so, skip_instance_cache=True).mkdir("bench")
+        yield so
+    finally:
+        parent.send("stop")
+        proc.join(30)
+        if proc.is_alive():
+            proc.terminate()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _s3(rec: Recorder, so: dict[str, Any], data: np.ndarray, repeats: int) -> None:
+    from zarr.storage import FsspecStore
+
+    import snapref
+
+    n = data.nbytes
+
+    def zw(r: int) -> None:
+        store = FsspecStore.from_url(f"s3://bench/zarr{r}", storage_options=so)
+        zarr.create_array(store, shape=data.shape, chunks=CHUNK, dtype="float32", compressors=None)[
+            :
+        ] = data
+
+    def zr(r: int) -> np.ndarray:
+        store = FsspecStore.from_url(f"s3://bench/zarr{r}", storage_options=so, read_only=True)
+        return zarr.open_array(store, mode="r")[:]
+
+    _throughput(rec, "s3", "zarr", n, zw, zr, repeats)
+
+    ic = quiet_icechunk()
+
+    def storage(r: int) -> Any:
+        return ic.s3_storage(
+            bucket="bench",
+            prefix=f"ice{r}",
+            endpoint_url=so["endpoint_url"],
+            allow_http=True,
+            access_key_id="testing",
+            secret_access_key="testing",
+            region="us-east-1",
+            force_path_style=True,
+        )
+
+    def iw(r: int) -> None:
+        repo = ic.Repository.create(storage(r))
+        s = repo.writable_session("main")
+        zarr.create_array(
+            s.store, name="v", shape=data.shape, chunks=CHUNK, dtype="float32", compressors=None
+        )[:] = data
+        s.commit("write")
+
+    def ir(r: int) -> np.ndarray:
+        repo = ic.Repository.open(storage(r))
+        return zarr.open_array(repo.readonly_session("main").store, path="v", mode="r")[:]
+
+    _throughput(rec, "s3", "icechunk", n, iw, ir, repeats)
+
+    import tempfile
+
+    catalog = Path(tempfile.mkdtemp()) / "catalog.db"
+    repo = snapref.init("s3://bench/snapref", catalog=f"sqlite:///{catalog}", storage_options=so)
+
+    def sw(r: int) -> None:
+        repo.import_references(
+            f"a{r}", {"version": 1, "refs": {".zgroup": '{"zarr_format": 2}'}}, "empty"
+        )
+        with repo.transaction(f"a{r}", message="write") as tx:
+            zarr.create_array(
+                tx.store,
+                name="v",
+                shape=data.shape,
+                chunks=CHUNK,
+                dtype="float32",
+                compressors=None,
+            )[:] = data
+
+    _throughput(rec, "s3", "snapref", n, sw, lambda r: snapref.open(repo, f"a{r}")["v"][:], repeats)
+    repo.close()

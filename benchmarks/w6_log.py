@@ -1,0 +1,80 @@
+"""W6: reopen the repository and list the log of a branch of 10^4 versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from benchmarks.common import Recorder, icechunk_repo, quiet_icechunk, timed, workdir
+
+
+def run(rec: Recorder, quick: bool) -> None:
+    n = 1_000 if quick else 10_000
+    case = f"10^{len(str(n)) - 1} versions"
+    repeats = 5
+    with workdir("w6") as d:
+        _snapref(rec, case, d, n, repeats)
+        _icechunk(rec, case, d, n, repeats)
+
+
+def _snapref(rec: Recorder, case: str, d: Path, n: int, repeats: int) -> None:
+    import snapref
+
+    url = str(d / "snapref")
+    repo = snapref.init(url)
+    repo.import_references("a", _tiny_refs(), message="import")
+    for i in range(1, n):
+        with repo.transaction("a", message=f"commit {i}") as tx:
+            tx.fs.pipe_file("v/0", np.uint16(i % 60000 + 1).tobytes())
+    repo.close()
+    times = []
+    for _ in range(repeats):
+        t, history = timed(lambda: snapref.connect(url).log("a"))
+        assert len(history) == n
+        times.append(t)
+    rec.add("W6", case, "snapref", "reopen+log time", "s", times)
+
+
+def _icechunk(rec: Recorder, case: str, d: Path, n: int, repeats: int) -> None:
+    ic = quiet_icechunk()
+    path = d / "ice"
+    repo = icechunk_repo(path, None, split=False)
+    s = repo.writable_session("main")
+    zarr.group(s.store).create_array("v", shape=(1,), chunks=(1,), dtype="<u2", compressors=None)
+    s.commit("import")
+    for i in range(1, n):
+        s = repo.writable_session("main")
+        zarr.open_array(s.store, path="v")[0] = i % 60000 + 1
+        s.commit(f"commit {i}")
+    times = []
+    for _ in range(repeats):
+
+        def reopen_and_walk() -> int:
+            r = ic.Repository.open(ic.local_filesystem_storage(str(path)))
+            return len(list(r.ancestry(branch="main")))
+
+        t, count = timed(reopen_and_walk)
+        assert count == n + 1  # Icechunk counts its "Repository initialized" snapshot
+        times.append(t)
+    rec.add("W6", case, "icechunk", "reopen+log time", "s", times)
+
+
+def _tiny_refs() -> dict:
+    import json
+
+    zarray = {
+        "zarr_format": 2,
+        "shape": [1],
+        "chunks": [1],
+        "dtype": "<u2",
+        "compressor": None,
+        "fill_value": 0,
+        "order": "C",
+        "filters": None,
+    }
+    return {
+        "version": 1,
+        "refs": {".zgroup": json.dumps({"zarr_format": 2}), "v/.zarray": json.dumps(zarray)},
+    }

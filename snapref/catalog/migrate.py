@@ -1,0 +1,63 @@
+"""Upgrading a catalog made by an older snapref, one schema step at a time.
+
+Each step is portable SQL kept verbatim in ``catalog_schemas/migrations/vN_to_vN+1.sql``
+(a test keeps the two equal). :meth:`Catalog.open` runs the missing steps in one
+transaction, so a crash mid-way leaves the catalog at its old version.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+__all__ = ["MIGRATIONS", "migrate", "statements"]
+
+#: ``{from_version: SQL text}``; the text is the file ``v{N}_to_v{N+1}.sql``.
+MIGRATIONS: dict[int, str] = {
+    1: """\
+-- snapref catalog schema migration: version 1 -> version 2
+-- Portable SQL (SQLite, PostgreSQL, duckdb). snapref runs it in one transaction when it
+-- connects to a version-1 catalog (Catalog.open); statements are separated by ';' at
+-- the end of a line.
+
+-- 1. Parents as rows, for ancestry in one recursive query. Version 1 has no merge
+--    commits, so every snapshot has at most one parent, stored as '["<32 hex>"]'.
+CREATE TABLE snapshot_parents (
+	snapshot_id VARCHAR(32) NOT NULL,
+	ordinal INTEGER NOT NULL,
+	parent_id VARCHAR(32) NOT NULL,
+	PRIMARY KEY (snapshot_id, ordinal),
+	FOREIGN KEY(snapshot_id) REFERENCES snapshots (id),
+	FOREIGN KEY(parent_id) REFERENCES snapshots (id)
+);
+CREATE INDEX ix_snapshot_parents_parent ON snapshot_parents (parent_id);
+INSERT INTO snapshot_parents (snapshot_id, ordinal, parent_id)
+	SELECT id, 0, substr(parents, 3, 32) FROM snapshots WHERE parents <> '[]';
+
+-- 2. Why a ref moved (reset, merge, revert), for the audit log.
+ALTER TABLE ref_log ADD COLUMN message TEXT;
+
+-- 3. Blame reads every change of one key from the index alone.
+DROP INDEX ix_snapshot_changes_key;
+CREATE INDEX ix_snapshot_changes_key_snapshot ON snapshot_changes ("key", snapshot_id);
+
+UPDATE snapref_schema SET version = 2;
+""",
+}
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of a migration script (comments dropped)."""
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    text = "\n".join(lines)
+    return [s.strip() for s in text.split(";\n") if s.strip().rstrip(";")]
+
+
+def migrate(conn: Connection, from_version: int, to_version: int) -> None:
+    """Run the steps from ``from_version`` to ``to_version`` on ``conn`` (inside the
+    caller's transaction)."""
+    for version in range(from_version, to_version):
+        for stmt in statements(MIGRATIONS[version]):
+            conn.exec_driver_sql(stmt.rstrip(";"))
+    check = conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one()
+    assert check == to_version, check

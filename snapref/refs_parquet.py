@@ -1,0 +1,386 @@
+"""Parquet reference sets in and out: the layout of fsspec's ``LazyReferenceMapper``.
+
+``kerchunk.df.refs_to_dataframe`` writes this layout, and
+``fsspec.filesystem("reference", fo=DIR)`` reads it lazily::
+
+    DIR/.zmetadata               {"metadata": {key: JSON document}, "record_size": N}
+    DIR/<array>/refs.<i>.parq    rows for chunk numbers i*N .. i*N+N-1 of <array>
+
+Zarr metadata documents live (decoded) in ``.zmetadata``; every array of the
+hierarchy (zarr v2, ``.`` dimension separator) has one parquet *record* per
+``record_size`` chunks, in C order of the chunk grid. A row holds ``path``,
+``offset``, ``size`` (``0, 0``: the whole file) and ``raw`` (inline bytes); a row with
+neither path nor raw is a missing chunk, and a missing record file reads as missing
+chunks too — which is why :func:`write_parquet_references` always writes every
+record of every array: a partial directory would read fill values silently.
+
+Only zarr v2 hierarchies whose keys are metadata documents or chunk keys fit this
+layout; anything else is an :class:`~snapref.errors.InvalidInputError` on export.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import posixpath
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ujson
+
+from snapref import progress
+from snapref.errors import InvalidInputError, InvalidReferenceError
+from snapref.keys import chunk_coords, is_metadata_key, validate_key
+from snapref.manifest import META, InlineRef, Manifest, ObjectRef, VirtualRef
+from snapref.refs import Parsed, normalize_url
+
+if TYPE_CHECKING:
+    from snapref.catalog import Snapshot
+    from snapref.repository import Repository
+
+__all__ = [
+    "DEFAULT_RECORD_SIZE",
+    "RECORD_FILE",
+    "is_parquet_references",
+    "load_parquet_references",
+    "write_parquet_references",
+]
+
+#: References per parquet record file, as ``LazyReferenceMapper.create`` defaults.
+DEFAULT_RECORD_SIZE = 10_000
+#: The checkout record kept *inside* a checked-out directory (fsspec ignores it).
+RECORD_FILE = ".snapref"
+ZMETADATA = ".zmetadata"
+
+
+def _pandas_column(name: str, numpy_type: str, pandas_type: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "field_name": name,
+        "numpy_type": numpy_type,
+        "pandas_type": pandas_type,
+        "metadata": None,
+    }
+
+
+# fastparquet (fsspec's default reader) needs the pandas metadata to read offset and
+# size as int64: without it they come back as nullable Int64 and then as float64,
+# which fsspec cannot seek with.
+_PANDAS_METADATA = {
+    "index_columns": [],
+    "column_indexes": [],
+    "partition_columns": [],
+    "columns": [
+        _pandas_column("path", "object", "unicode"),
+        _pandas_column("offset", "int64", "int64"),
+        _pandas_column("size", "int64", "int64"),
+        _pandas_column("raw", "object", "bytes"),
+    ],
+    "creator": {"library": "snapref", "version": ""},
+    "pandas_version": "2.0.0",
+}
+_SCHEMA = pa.schema(
+    [
+        pa.field("path", pa.string()),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("raw", pa.binary()),
+    ],
+    metadata={"pandas": ujson.dumps(_PANDAS_METADATA)},
+)
+
+
+def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def is_parquet_references(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """True if ``url`` is a directory holding a parquet reference set (``.zmetadata``
+    with a ``record_size``)."""
+    if url == "-":
+        return False
+    try:
+        fs, path = _fs(url, storage_options)
+        if not fs.isdir(path):
+            return False
+        doc = ujson.loads(fs.cat_file(f"{path}/{ZMETADATA}"))
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+    return isinstance(doc, dict) and "record_size" in doc and "metadata" in doc
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def load_parquet_references(
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    base: Manifest | None = None,
+) -> dict[str, Parsed]:
+    """Read the parquet reference set at ``url`` into snapref's parsed form.
+
+    Returns key -> inline bytes or :class:`~snapref.manifest.VirtualRef` (URLs
+    normalized; relative local paths are relative to the directory's parent, as in
+    a JSON file's folder), like :func:`snapref.refs.parse_references`.
+
+    ``base``: the manifest an edited set was checked out from. A metadata document
+    that decodes to the same JSON as in ``base`` keeps ``base``'s bytes, because the
+    layout stores documents decoded and re-encoding would change their spelling.
+
+    Raises
+    ------
+    InvalidReferenceError
+        If ``.zmetadata`` or a record file is malformed.
+    """
+    fs, root = _fs(url, storage_options)
+    try:
+        doc = ujson.loads(fs.cat_file(f"{root}/{ZMETADATA}"))
+        record_size = int(doc["record_size"])
+        metadata: dict[str, Any] = dict(doc["metadata"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidReferenceError(
+            f"{url!r} is not a parquet reference set: it needs a {ZMETADATA} file with "
+            f"'metadata' and 'record_size' ({exc})"
+        ) from exc
+    if record_size <= 0:
+        raise InvalidReferenceError(f"{url!r}: record_size must be positive, not {record_size}")
+    folder = None if "://" in url else posixpath.dirname(posixpath.abspath(root))
+    out: dict[str, Parsed] = {}
+    for key, value in metadata.items():
+        validate_key(key)
+        data = ujson.dumps(value).encode() if not isinstance(value, str) else value.encode()
+        if base is not None and not base.is_empty:
+            before = base.get(key)
+            if isinstance(before, InlineRef) and _same_json(before.data, value):
+                data = before.data
+        out[key] = data
+    arrays = _arrays(metadata)
+    records = [
+        (a, grid, r) for a, grid in arrays.items() for r in range(_n_records(grid, record_size))
+    ]
+    with progress.bar(len(records), "Reading parquet references") as tick:
+        for array, grid, record in records:
+            _read_record(fs, root, array, grid, record, record_size, folder, out)
+            tick(1)
+    return out
+
+
+def _same_json(data: bytes, value: Any) -> bool:
+    try:
+        return bool(ujson.loads(data) == value)
+    except ValueError:
+        return False
+
+
+def _arrays(metadata: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Array path -> chunk grid, for every ``.zarray`` in the metadata."""
+    out = {}
+    for key, doc in metadata.items():
+        if posixpath.basename(key) != ".zarray":
+            continue
+        if isinstance(doc, str | bytes):
+            doc = ujson.loads(doc)
+        out[posixpath.dirname(key)] = _grid(key, doc)
+    return out
+
+
+def _grid(key: str, zarray: Mapping[str, Any]) -> tuple[int, ...]:
+    try:
+        shape, chunks = zarray["shape"], zarray["chunks"]
+        grid = tuple(math.ceil(s / c) for s, c in zip(shape, chunks, strict=True))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise InvalidReferenceError(f"{key}: cannot compute the chunk grid ({exc})") from exc
+    return grid or (1,)  # a 0-d array has one chunk, key "0", as fsspec counts it
+
+
+def _n_records(grid: tuple[int, ...], record_size: int) -> int:
+    return math.ceil(math.prod(grid) / record_size)
+
+
+def _read_record(
+    fs: Any,
+    root: str,
+    array: str,
+    grid: tuple[int, ...],
+    record: int,
+    record_size: int,
+    folder: str | None,
+    out: dict[str, Parsed],
+) -> None:
+    path = f"{root}/{array}/refs.{record}.parq" if array else f"{root}/refs.{record}.parq"
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return  # fsspec reads a missing record as missing chunks (fill values)
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidReferenceError(f"{path} is not a readable parquet file ({exc})") from exc
+    cols = {name: table.column(name).to_pylist() for name in table.column_names}
+    n = table.num_rows
+    paths = cols.get("path", [None] * n)
+    offsets = cols.get("offset", [0] * n)
+    sizes = cols.get("size", [0] * n)
+    raws = cols.get("raw", [None] * n)
+    start = record * record_size
+    stop = min(start + n, math.prod(grid))
+    if stop <= start:
+        return
+    coords = np.unravel_index(np.arange(start, stop), grid)
+    names = [".".join(map(str, c)) for c in zip(*(a.tolist() for a in coords), strict=True)]
+    prefix = f"{array}/" if array else ""
+    for i, name in enumerate(names):
+        raw, url = raws[i], paths[i]
+        if raw is not None:
+            out[prefix + name] = bytes(raw)
+        elif url is not None:
+            full = normalize_url(url, folder)
+            offset, size = offsets[i] or 0, sizes[i] or 0
+            if offset == 0 and size == 0:
+                out[prefix + name] = VirtualRef(full)
+            else:
+                out[prefix + name] = VirtualRef(full, int(offset), int(size))
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def write_parquet_references(
+    repo: Repository,
+    snapshot: Snapshot,
+    url: str,
+    *,
+    record_size: int = DEFAULT_RECORD_SIZE,
+    storage_options: Mapping[str, Any] | None = None,
+    record: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``snapshot`` as a complete parquet reference set in directory ``url``.
+
+    Every record of every array is written (missing chunks as empty rows), so the
+    directory reads exactly like the snapshot with plain fsspec. Warehouse objects are
+    referenced by URL, virtual references keep their URL and byte range, inline
+    chunks go into ``raw``. ``record`` (the checkout record) is also written as
+    ``url/.snapref``. An existing parquet reference set at ``url`` is replaced;
+    anything else there is an error.
+
+    Raises
+    ------
+    InvalidInputError
+        If the snapshot is not a zarr v2 hierarchy of metadata and ``.``-separated
+        chunk keys (the only shape this layout can hold).
+    """
+    if record_size <= 0:
+        raise InvalidInputError(f"record_size must be positive, not {record_size}")
+    manifest = repo.manifest(snapshot)
+    metadata: dict[str, Any] = {}
+    for key, ref in manifest.section_items(META):
+        if key.endswith(ZMETADATA):
+            continue  # consolidated metadata: the layout's own .zmetadata replaces it
+        if not is_metadata_key(key) or not isinstance(ref, InlineRef):
+            raise InvalidInputError(
+                f"Key {key!r} of {snapshot.dataset} version {snapshot.version} is neither "
+                "zarr metadata nor a chunk of an array; the parquet layout cannot hold it. "
+                "Check it out as JSON instead (--format json)."
+            )
+        if posixpath.basename(key) == "zarr.json":
+            raise InvalidInputError(
+                f"{snapshot.dataset} version {snapshot.version} is a zarr v3 hierarchy "
+                f"({key}); the parquet reference layout holds zarr v2 only. Check it out "
+                "as JSON instead (--format json)."
+            )
+        metadata[key] = ujson.loads(ref.data)
+    arrays = {}
+    for array in sorted(manifest.arrays):
+        if not array:
+            raise InvalidInputError(
+                f"{snapshot.dataset} version {snapshot.version} is a single array at the "
+                "root; fsspec's parquet references need arrays inside a group. Check it "
+                "out as JSON instead (--format json)."
+            )
+        zarray = metadata.get(f"{array}/.zarray")
+        if zarray is None:
+            raise InvalidInputError(f"Array {array!r} has no .zarray document")
+        if zarray.get("dimension_separator", ".") != ".":
+            raise InvalidInputError(
+                f"Array {array!r} uses dimension_separator {zarray['dimension_separator']!r}; "
+                "fsspec's parquet references need '.'. Check it out as JSON instead."
+            )
+        arrays[array] = _grid(array, zarray)
+
+    fs, root = _fs(url, storage_options)
+    if fs.exists(root):
+        if not is_parquet_references(url, storage_options):
+            # never delete a folder we did not write
+            raise InvalidInputError(
+                f"{url!r} exists and is not a parquet reference set; choose a new path"
+            )
+        fs.rm(root, recursive=True)
+    fs.makedirs(root, exist_ok=True)
+    total = sum(_n_records(g, record_size) for g in arrays.values())
+    with progress.bar(total, "Writing parquet references") as tick:
+        for array, grid in arrays.items():
+            entries = manifest.section_items(f"array:{array}")
+            for number, table in _records(repo, array, grid, record_size, entries):
+                folder = f"{root}/{array}"
+                fs.makedirs(folder, exist_ok=True)
+                buf = io.BytesIO()
+                pq.write_table(table, buf, compression="zstd", write_statistics=False)
+                fs.pipe_file(f"{folder}/refs.{number}.parq", buf.getvalue())
+                tick(1)
+    doc = {"metadata": metadata, "record_size": record_size}
+    fs.pipe_file(f"{root}/{ZMETADATA}", ujson.dumps(doc, escape_forward_slashes=False).encode())
+    if record is not None:
+        fs.pipe_file(f"{root}/{RECORD_FILE}", ujson.dumps(dict(record), indent=2).encode())
+
+
+def _records(
+    repo: Repository,
+    array: str,
+    grid: tuple[int, ...],
+    record_size: int,
+    entries: Iterator[tuple[str, Any]],
+) -> Iterator[tuple[int, pa.Table]]:
+    """Every record table of one array, in order; entries come sorted by grid position."""
+    n_chunks = math.prod(grid)
+    n_records = _n_records(grid, record_size)
+    strides = _strides(grid)
+    pending = next(entries, None)
+    for number in range(n_records):
+        start = number * record_size
+        rows = min(record_size, n_chunks - start)
+        paths: list[str | None] = [None] * rows
+        offsets = [0] * rows
+        sizes = [0] * rows
+        raws: list[bytes | None] = [None] * rows
+        while pending is not None:
+            key, ref = pending
+            coords = chunk_coords(array, key)
+            index = sum(c * s for c, s in zip(coords or (0,), strides, strict=False))
+            if coords is None or len(coords) not in (0, len(grid)) or index >= n_chunks:
+                raise InvalidInputError(f"Chunk key {key!r} does not fit array {array!r}")
+            if index >= start + rows:
+                break
+            i = index - start
+            if isinstance(ref, InlineRef):
+                raws[i] = ref.data
+            elif isinstance(ref, ObjectRef):
+                paths[i] = repo.objects.url(ref.digest)
+            else:
+                assert isinstance(ref, VirtualRef)
+                paths[i] = ref.url
+                if ref.offset is not None:
+                    offsets[i], sizes[i] = ref.offset, ref.length or 0
+            pending = next(entries, None)
+        yield number, pa.table([paths, offsets, sizes, raws], schema=_SCHEMA)
+
+
+def _strides(grid: tuple[int, ...]) -> list[int]:
+    out = [1] * len(grid)
+    for i in range(len(grid) - 2, -1, -1):
+        out[i] = out[i + 1] * grid[i + 1]
+    return out

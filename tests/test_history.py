@@ -1,0 +1,275 @@
+"""History and provenance as a user meets them: a dataset edited on several branches
+and merged, then asked what changed, who wrote which chunk, and rolled back."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+import snapref
+from snapref.history import graph_dot, graph_lines, regions
+from tests.conftest import temp_values
+
+
+def _edit(repo: snapref.Repository, message: str, branch: str = "main", **cells: Any) -> Any:
+    with repo.transaction("air", message=message, branch=branch) as tx:
+        temp = zarr.open_group(tx.store, mode="r+")["temp"]
+        for _, (index, value) in cells.items():
+            temp[index] = value
+    return tx.snapshot
+
+
+@pytest.fixture
+def story(air: snapref.Repository) -> dict[str, Any]:
+    """v1 import; v2 main masks a glitch; v3 qc fixes chunk 0.0.0 and the units;
+    v4 main edits chunk 3.1.2; v5 merges qc into main."""
+    repo = air
+    v = {"v1": repo.head("air")}
+    v["v2"] = _edit(repo, "Mask glitch", a=((3, slice(10, 12), slice(20, 25)), np.nan))
+    repo.branch("air", "qc")
+    with repo.transaction("air", message="QC fix", branch="qc", author="Qc <qc@x>") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        g["temp"][0, 0, 0] = -1
+        g["temp"].attrs["units"] = "degK"
+    v["v3"] = tx.snapshot
+    v["v4"] = _edit(repo, "Fix last day", a=((6, 30, 50), 5))
+    result = repo.merge("air", "qc", message="Merge QC")
+    v["v5"] = result.snapshot
+    v["repo"] = repo
+    return v
+
+
+def test_versions_and_parents_of_a_merge(story: dict[str, Any]) -> None:
+    repo, v5 = story["repo"], story["v5"]
+    assert [s.version for s in (story[f"v{i}"] for i in range(1, 6))] == [1, 2, 3, 4, 5]
+    assert v5.parents == (story["v4"].id, story["v3"].id)
+    assert [s.version for s in repo.log("air")] == [5, 4, 2, 1]  # first parents
+    assert [s.version for s in repo.log("air", "qc")] == [3, 2, 1]
+    temp = snapref.open(repo, "air")["temp"]
+    assert temp[0, 0, 0] == -1 and temp[6, 30, 50] == 5 and np.isnan(temp[3, 10, 20])
+    assert temp.attrs["units"] == "degK"
+    assert temp[7, 39, 59] == temp_values()[7, 39, 59]
+
+
+def test_diff_reports_chunks_regions_and_metadata(story: dict[str, Any]) -> None:
+    repo = story["repo"]
+    d = repo.diff("air", 1, 2)
+    assert d.chunks["temp"].modified == ["temp/1.0.1"]
+    assert d.chunks["temp"].regions == ["temp[2:4, 0:20, 20:40]"]
+    assert d.metadata == {} and d.arrays_added == [] and d.arrays_changed == ["temp"]
+    d = repo.diff("air", 2, 3)
+    assert d.metadata == {"temp/.zattrs": {"units": ["K", "degK"]}}
+    assert d.chunks["temp"].modified == ["temp/0.0.0"]
+    # two versions on different branches, neither an ancestor of the other
+    d = repo.diff("air", 3, 4)
+    assert sorted(d.chunks["temp"].modified) == ["temp/0.0.0", "temp/3.1.2"]
+    assert d.metadata["temp/.zattrs"]["units"] == ["degK", "K"]
+    assert repo.diff("air", 5, 5).is_empty
+
+
+def test_diff_of_added_and_removed_arrays_and_groups(story: dict[str, Any]) -> None:
+    repo = story["repo"]
+    with repo.transaction("air", message="add") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        g.create_group("extra")
+        a = g.create_array("extra/mask", shape=(4, 4), chunks=(2, 2), dtype="u1")
+        a[0:2, :] = 1
+    d = repo.diff("air", 5, 6)
+    assert d.arrays_added == ["extra/mask"] and d.groups_added == ["extra"]
+    assert d.chunks["extra/mask"].added == ["extra/mask/0.0", "extra/mask/0.1"]
+    assert d.chunks["extra/mask"].regions == ["extra/mask[0:2, 0:4]"]
+    back = repo.diff("air", 6, 5)
+    assert back.arrays_removed == ["extra/mask"] and back.groups_removed == ["extra"]
+    assert back.chunks["extra/mask"].removed == ["extra/mask/0.0", "extra/mask/0.1"]
+
+
+def test_regions_merge_neighbouring_chunks_into_boxes() -> None:
+    square = [(i, j) for i in range(3) for j in range(2)]
+    assert regions([*square, (9, 9)]) == [((0, 3), (0, 2)), ((9, 10), (9, 10))]
+    assert regions([(0,), (1,), (3,)]) == [((0, 2),), ((3, 4),)]
+    assert regions([]) == []
+
+
+def test_blame_follows_merges_and_says_where_bytes_are(
+    story: dict[str, Any], kerchunk_refs: dict[str, Any]
+) -> None:
+    repo = story["repo"]
+    (line,) = repo.blame("air", "temp", (0, 0, 0), history=True)
+    # the merge carried qc's value: the qc commit wrote it, not the merge
+    assert line.snapshot.version == 3 and line.snapshot.author == "Qc <qc@x>"
+    assert line.snapshot.message == "QC fix"
+    assert line.kind == "object" and line.digest and line.url.endswith(line.digest[2:])
+    assert [s.version for s in line.history] == [5, 3, 1]
+    (line,) = repo.blame("air", "temp", (3, 10, 20))
+    assert (line.snapshot.version, line.region) == (2, "temp[2:4, 0:20, 20:40]")
+    (line,) = repo.blame("air", "temp", (-1, 0, -1))
+    assert line.snapshot.version == 1 and line.kind == "virtual"
+    url, offset, length = kerchunk_refs["refs"]["temp/3.1.2"]
+    (line,) = repo.blame("air", "temp", (7, 39, 59), version=2)
+    assert (line.url, line.offset, line.length) == ("file://" + url, offset, length)
+    # on qc, chunk 3.1.2 was never changed after the import
+    (line,) = repo.blame("air", "temp", (6, 30, 50), version="qc")
+    assert line.snapshot.version == 1
+    everything = {b.key: b.snapshot.version for b in repo.blame("air", "temp")}
+    assert len(everything) == 24
+    assert everything["temp/3.1.2"] == 4 and everything["temp/0.1.0"] == 1
+
+
+def test_blame_of_a_bad_index_or_array_is_a_clear_error(story: dict[str, Any]) -> None:
+    repo = story["repo"]
+    with pytest.raises(snapref.InvalidInputError, match="3 dimensions"):
+        repo.blame("air", "temp", (1, 2))
+    with pytest.raises(snapref.InvalidInputError, match="out of bounds"):
+        repo.blame("air", "temp", (8, 0, 0))
+    with pytest.raises(snapref.NotFoundError, match="no array 'nope'"):
+        repo.blame("air", "nope")
+
+
+def test_sources_and_the_reverse_query(story: dict[str, Any], hdf5_file: Path) -> None:
+    repo = story["repo"]
+    (v1,) = repo.source_files("air", 1)
+    assert v1.url == "file://" + str(hdf5_file) and v1.chunks == 24
+    (v5,) = repo.source_files("air", 5)
+    assert v5.chunks == 21  # three chunks now live in the warehouse
+    assert v5.bytes < v1.bytes
+    using = repo.versions_using(str(hdf5_file))
+    assert [s.version for s, _ in using] == [1, 2, 3, 4, 5]
+    assert [u.chunks for _, u in using] == [24, 23, 22, 22, 21]
+    assert repo.versions_using("s3://elsewhere/x.nc") == []
+
+
+def test_merge_conflicts_are_reported_or_resolved(story: dict[str, Any]) -> None:
+    repo = story["repo"]
+    repo.branch("air", "exp", 5)
+    _edit(repo, "exp edit", branch="exp", a=((0, 0, 0), 42))  # v6
+    _edit(repo, "main edit", a=((0, 0, 1), 9))  # v7
+    with pytest.raises(snapref.MergeConflictError) as err:
+        repo.merge("air", "exp")
+    assert err.value.keys == ["temp/0.0.0"]
+    assert isinstance(err.value, snapref.ConflictError)
+    assert repo.head("air").version == 7  # nothing committed
+    ours = repo.merge("air", "exp", strategy="ours")
+    assert ours.conflicts == ["temp/0.0.0"] and ours.snapshot is None  # nothing else to take
+    result = repo.merge("air", "exp", strategy="theirs", message="take exp")
+    assert result.base.version == 5 and result.snapshot.version == 8
+    temp = snapref.open(repo, "air")["temp"]
+    assert temp[0, 0, 0] == 42 and temp[0, 0, 1] == temp_values()[0, 0, 1]
+    assert repo.merge("air", "exp").snapshot is None  # already merged
+
+
+def test_merge_without_overlap_takes_both_sides(story: dict[str, Any]) -> None:
+    repo = story["repo"]
+    repo.branch("air", "a", 5)
+    _edit(repo, "on a", branch="a", x=((1, 0, 0), 11))
+    _edit(repo, "on main", x=((7, 0, 0), 77))
+    snap = repo.merge("air", "a").snapshot
+    assert snap.message == "Merge a into main" and len(snap.parents) == 2
+    temp = snapref.open(repo, "air")["temp"]
+    assert (temp[1, 0, 0], temp[7, 0, 0]) == (11, 77)
+    # merging main back into a is now up to date the other way
+    back = repo.merge("air", "main", into="a")
+    assert back.snapshot is not None and back.conflicts == []
+    assert snapref.open(repo, "air", "a")["temp"][7, 0, 0] == 77
+
+
+def test_reset_keeps_old_head_and_as_of(story: dict[str, Any]) -> None:
+    repo = story["repo"]
+    time.sleep(0.002)
+    before = datetime.now(UTC)
+    time.sleep(0.002)
+    old = repo.reset("air", 2, message="undo merge", author="Ops <ops@x>")
+    assert old.version == 5 and repo.head("air").version == 2
+    assert repo.resolve("air", old.id).version == 5  # still readable by id
+    assert repo.resolve("air", as_of=before).version == 5  # history is not rewritten
+    assert repo.resolve("air", as_of=datetime.now(UTC)).version == 2
+    last = repo.audit("air")[-1]
+    assert (last.action, last.ref, last.author, last.message) == (
+        "reset",
+        "main",
+        "Ops <ops@x>",
+        "undo merge",
+    )
+    assert (last.old_snapshot, last.new_snapshot) == (old.id, story["v2"].id)
+    # the next commit continues from the reset head
+    assert _edit(repo, "after reset", a=((0, 0, 0), 3)).parents == (story["v2"].id,)
+
+
+def test_revert_undoes_one_version(story: dict[str, Any]) -> None:
+    repo = story["repo"]
+    snap = repo.revert("air", 2)
+    assert snap.version == 6 and snap.message == "Revert version 2: Mask glitch"
+    temp = snapref.open(repo, "air")["temp"]
+    assert temp[3, 10, 20] == temp_values()[3, 10, 20]
+    assert temp[0, 0, 0] == -1  # later changes stay
+    assert repo.audit("air")[-1].action == "revert"
+    with pytest.raises(snapref.InvalidInputError, match="first version"):
+        repo.revert("air", 1)
+    _edit(repo, "touch again", a=((6, 30, 50), 8))
+    with pytest.raises(snapref.MergeConflictError, match="changed again") as err:
+        repo.revert("air", 4)
+    assert err.value.keys == ["temp/3.1.2"]
+
+
+def test_rebase_replays_a_transaction_onto_a_moved_branch(air: snapref.Repository) -> None:
+    repo = air
+    tx = repo.transaction("air", message="slow writer", rebase=True)
+    zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1
+    _edit(repo, "fast writer", a=((7, 39, 59), 2))
+    snap = tx.commit()
+    assert snap.version == 3 and repo.db.snapshot(snap.parents[0]).message == "fast writer"
+    temp = snapref.open(repo, "air")["temp"]
+    assert (temp[0, 0, 0], temp[7, 39, 59]) == (1, 2)
+    # overlapping edits are a conflict naming the key, and nothing is committed
+    tx = repo.transaction("air", message="slow again", rebase=True)
+    zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 1] = 5
+    _edit(repo, "fast again", a=((0, 0, 2), 6))
+    with pytest.raises(snapref.MergeConflictError) as err:
+        tx.commit()
+    assert err.value.keys == ["temp/0.0.0"] and repo.head("air").version == 4
+    # without rebase=True a moved branch stays a plain conflict
+    tx = repo.transaction("air", message="no rebase")
+    zarr.open_group(tx.store, mode="r+")["temp"][5, 0, 0] = 5
+    _edit(repo, "fast", a=((7, 0, 0), 6))
+    with pytest.raises(snapref.ConflictError, match="moved while you worked"):
+        tx.commit()
+
+
+def test_audit_lists_every_ref_change(story: dict[str, Any]) -> None:
+    repo = story["repo"]
+    repo.tag("air", 5, "v1.0")
+    actions = [(e.ref, e.action) for e in repo.audit("air")]
+    assert actions == [
+        ("main", "create"),
+        ("main", "commit"),
+        ("qc", "branch"),
+        ("qc", "commit"),
+        ("main", "commit"),
+        ("main", "merge"),
+        ("v1.0", "tag"),
+    ]
+    merge = repo.audit("air")[5]
+    assert (merge.old_snapshot, merge.new_snapshot) == (story["v4"].id, story["v5"].id)
+    assert merge.message == "Merge QC"
+
+
+def test_graph_draws_branches_and_merges(story: dict[str, Any]) -> None:
+    lines = graph_lines(story["repo"], "air")
+    assert lines == [
+        f"*  v5 {story['v5'].id[:8]} Merge QC (main)",
+        "| \\",
+        f"* |  v4 {story['v4'].id[:8]} Fix last day",
+        f"| *  v3 {story['v3'].id[:8]} QC fix (qc)",
+        "| /",
+        f"*  v2 {story['v2'].id[:8]} Mask glitch",
+        f"*  v1 {story['v1'].id[:8]} Import air.h5",
+    ]
+    dot = graph_dot(story["repo"], "air")
+    assert dot.startswith('digraph "air" {')
+    assert f'"{story["v5"].id}" -> "{story["v3"].id}" [style=dashed];' in dot
+    assert f'"{story["v5"].id}" -> "{story["v4"].id}";' in dot

@@ -1,0 +1,169 @@
+"""Plain Zarr in: ingest v2 and v3 stores (local and S3) as versions, write only
+chunks whose bytes differ, resume after an interruption; progress bars."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+import snapref
+from snapref import progress
+from snapref.cli import cli
+from snapref.ingest import ingest
+from snapref.objects import ContentStore
+from tests.s3_fixtures import BUCKET
+
+
+def _store(path: Path, zarr_format: int) -> np.ndarray:
+    """A group with a 2-D array of 16 chunks and attributes."""
+    values = np.arange(64 * 64, dtype="float32").reshape(64, 64)
+    g = zarr.open_group(zarr.storage.LocalStore(path), mode="w", zarr_format=zarr_format)
+    g.attrs["title"] = "test"
+    a = g.create_array("v", shape=values.shape, chunks=(16, 16), dtype="float32")
+    a[:] = values
+    a.attrs["units"] = "m"
+    return values
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_ingest_a_store_then_a_changed_copy(
+    repo: snapref.Repository, tmp_path: Path, zarr_format: int
+) -> None:
+    src = tmp_path / "src.zarr"
+    values = _store(src, zarr_format)
+    first = ingest(repo, "grid", str(src), message="Adopt the grid")
+    assert first.snapshot is not None and first.snapshot.version == 1
+    assert first.chunks == 16 and first.objects_written == 16
+    assert first.snapshot.properties == {"ingested_from": str(src)}
+    g = snapref.open(repo, "grid")
+    np.testing.assert_array_equal(g["v"][:], values)
+    assert g.attrs["title"] == "test" and g["v"].attrs["units"] == "m"
+
+    # change one chunk's bytes: the new version writes one object and records one key
+    zarr.open_group(zarr.storage.LocalStore(src), mode="r+")["v"][0:16, 16:32] = -1
+    second = ingest(repo, "grid", str(src))
+    assert second.snapshot is not None and second.snapshot.version == 2
+    assert second.objects_written == 1
+    changed = repo.changes(second.snapshot)
+    assert list(changed.values()) == ["M"] and len(changed) == 1
+    values[0:16, 16:32] = -1
+    np.testing.assert_array_equal(snapref.open(repo, "grid")["v"][:], values)
+    np.testing.assert_array_equal(snapref.open(repo, "grid", 1)["v"][0, 16], 16.0)
+    # the same store again: nothing to record
+    third = ingest(repo, "grid", str(src))
+    assert third.snapshot is None and third.objects_written == 0
+
+
+def test_an_interrupted_ingest_resumes_without_rewriting(
+    repo: snapref.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src.zarr"
+    values = _store(src, 2)
+    real_put_many = ContentStore.put_many
+    calls = {"n": 0}
+
+    def failing_put_many(self: ContentStore, items: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third batch: the connection drops
+            raise OSError("connection reset")
+        return real_put_many(self, items)
+
+    monkeypatch.setattr(ContentStore, "put_many", failing_put_many)
+    with pytest.raises(OSError, match="connection reset"):
+        ingest(repo, "grid", str(src), batch_size=4)
+    monkeypatch.setattr(ContentStore, "put_many", real_put_many)
+    assert "grid" not in repo.datasets()  # nothing recorded: no half version
+    objects = Path(repo.warehouse.path("objects"))
+    before = {p: p.stat().st_mtime_ns for p in objects.rglob("*") if p.is_file()}
+    assert len(before) == 8  # two batches of four chunks were stored
+
+    result = ingest(repo, "grid", str(src), batch_size=4)
+    assert result.objects_written == 16 - 8  # only the missing ones
+    after = {p: p.stat().st_mtime_ns for p in objects.rglob("*") if p.is_file()}
+    assert {p: after[p] for p in before} == before  # untouched, not rewritten
+    np.testing.assert_array_equal(snapref.open(repo, "grid")["v"][:], values)
+
+
+def test_ingest_from_s3(
+    repo: snapref.Repository, tmp_path: Path, s3_bucket: dict[str, Any]
+) -> None:
+    import s3fs
+
+    src = tmp_path / "src.zarr"
+    values = _store(src, 3)
+    fs = s3fs.S3FileSystem(**s3_bucket, skip_instance_cache=True)
+    fs.put(str(src), f"{BUCKET}/grid.zarr", recursive=True)
+    result = ingest(
+        repo, "grid", f"s3://{BUCKET}/grid.zarr", storage_options=s3_bucket, concurrency=4
+    )
+    assert result.chunks == 16 and result.objects_written == 16
+    np.testing.assert_array_equal(snapref.open(repo, "grid")["v"][:], values)
+
+
+def test_what_is_not_a_store_is_refused(repo: snapref.Repository, tmp_path: Path) -> None:
+    with pytest.raises(snapref.NotFoundError, match="No Zarr store"):
+        ingest(repo, "x", str(tmp_path / "missing"))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "a.txt").write_text("hi")
+    with pytest.raises(snapref.InvalidInputError, match="not a Zarr store"):
+        ingest(repo, "x", str(tmp_path / "plain"))
+    with pytest.raises(snapref.InvalidInputError, match="is a file"):
+        ingest(repo, "x", str(tmp_path / "plain" / "a.txt"))
+
+
+def test_cli_ingest_is_quiet_off_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SNAPREF_REPO", str(tmp_path / "wh"))
+    values = _store(tmp_path / "src.zarr", 2)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init"]).exit_code == 0
+    result = runner.invoke(cli, ["ingest", "grid", "src.zarr", "-m", "Adopt"])
+    assert result.exit_code == 0, result.output
+    assert "Ingested grid version 1" in result.output
+    assert "16 chunks read, 16 new objects" in result.output
+    assert result.stderr == ""  # not a terminal: no progress bar
+    result = runner.invoke(cli, ["--quiet", "ingest", "grid", "src.zarr", "--json"])
+    assert json.loads(result.output)["snapshot"] is None and result.stderr == ""
+    np.testing.assert_array_equal(snapref.open(str(tmp_path / "wh"), "grid")["v"][:], values)
+
+
+def test_progress_bars_draw_only_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    with progress.bar(10, "Silent") as tick:
+        tick(10)
+    assert err.getvalue() == ""
+    with progress.enabled(), progress.bar(10, "Copying") as tick:
+        tick(4)
+        tick(6)
+    assert "Copying" in err.getvalue()  # (click draws the bar itself only on a tty)
+    assert progress.should_show(quiet=True) is False
+    assert progress.should_show(quiet=False) is False  # StringIO is no terminal
+    assert not progress.is_enabled()  # the block ended
+
+
+def test_cli_draws_progress_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SNAPREF_REPO", str(tmp_path / "wh"))
+    _store(tmp_path / "src.zarr", 2)
+    snapref.init(str(tmp_path / "wh")).close()
+    monkeypatch.setattr(progress, "should_show", lambda quiet: not quiet)  # "a terminal"
+    with pytest.raises(SystemExit) as done:
+        cli(["ingest", "grid", str(tmp_path / "src.zarr")], prog_name="snapref")
+    assert done.value.code == 0
+    assert "Ingesting grid" in capfd.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["-q", "ingest", "grid2", str(tmp_path / "src.zarr")], prog_name="snapref")
+    assert capfd.readouterr().err == ""
+    assert os.path.isdir(tmp_path / "wh")

@@ -1,0 +1,224 @@
+"""Parquet reference sets (fsspec's LazyReferenceMapper layout): import what kerchunk
+writes, check out complete directories plain fsspec reads, commit what the lazy
+mapper's flush() wrote."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from click.testing import CliRunner
+from fsspec.implementations.reference import LazyReferenceMapper
+from kerchunk.df import refs_to_dataframe
+
+import snapref
+from snapref.cli import cli
+from snapref.refs_parquet import is_parquet_references
+from tests.conftest import temp_values
+
+# fsspec reads parquet references through pandas' fastparquet engine, which pandas 3
+# deprecates; that is fsspec's business, not what these tests check
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+def _fsspec_group(path: Path | str, mode: str = "r") -> tuple[Any, zarr.Group]:
+    fs = fsspec.filesystem(
+        "reference",
+        fo=str(path),
+        remote_protocol="file",
+        skip_instance_cache=True,
+        asynchronous=True,
+    )
+    store = zarr.storage.FsspecStore(fs, path="", read_only=mode == "r")
+    return fs, zarr.open_group(store, mode=mode, zarr_format=2)
+
+
+def test_import_a_kerchunk_parquet_set(
+    repo: snapref.Repository, kerchunk_refs: dict[str, Any], tmp_path: Path
+) -> None:
+    refs_to_dataframe(kerchunk_refs, str(tmp_path / "air.parq"), record_size=10)
+    assert is_parquet_references(str(tmp_path / "air.parq"))
+    snap = repo.import_references("air", str(tmp_path / "air.parq"), message="from parquet")
+    repo.import_references("air_json", kerchunk_refs, message="from json")
+    g = snapref.open(repo, "air")
+    np.testing.assert_array_equal(g["temp"][:], temp_values())
+    np.testing.assert_array_equal(g["lat"][:], snapref.open(repo, "air_json")["lat"][:])
+    assert set(repo.manifest(snap)) == set(repo.manifest(repo.head("air_json")))
+    # virtual chunks stayed virtual: nothing but inline data became objects
+    assert snap.summary["objects_written"] < 5
+    assert repo.sources("air") == repo.sources("air_json")
+
+
+def test_checkout_is_complete_and_plain_fsspec_reads_it(
+    air: snapref.Repository, tmp_path: Path
+) -> None:
+    with air.transaction("air", message="edit") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        g["temp"][0, 0, 0] = -5.0  # one chunk becomes a warehouse object
+    out = tmp_path / "work.parq"
+    air.checkout("air", None, str(out), format="parquet", record_size=5)
+    # every record of every array, even those a lazy writer would leave out
+    n_chunks = 4 * 2 * 3
+    assert sorted(p.name for p in (out / "temp").iterdir()) == sorted(
+        f"refs.{i}.parq" for i in range(-(-n_chunks // 5))
+    )
+    for coord in ("lat", "lon", "time"):
+        assert [p.name for p in (out / coord).iterdir()] == ["refs.0.parq"]
+    _, g = _fsspec_group(out)
+    expected = temp_values()
+    expected[0, 0, 0] = -5.0
+    np.testing.assert_array_equal(g["temp"][:], expected)
+    np.testing.assert_array_equal(g["lat"][:], snapref.open(air, "air")["lat"][:])
+    assert g["temp"].attrs["units"] == "K"
+    record = json.loads((out / ".snapref").read_text())
+    assert record["version"] == 2 and record["dataset"] == "air"
+    assert json.loads((tmp_path / "work.parq.snapref").read_text()) == record
+
+
+def test_missing_chunks_read_as_fill_values(repo: snapref.Repository, tmp_path: Path) -> None:
+    zarray = {
+        "zarr_format": 2,
+        "shape": [4, 4],
+        "chunks": [2, 2],
+        "dtype": "<i2",
+        "compressor": None,
+        "fill_value": 7,
+        "order": "C",
+        "filters": None,
+    }
+    refs = {
+        ".zgroup": '{"zarr_format": 2}',
+        "v/.zarray": json.dumps(zarray),
+        "v/1.1": "base64:" + base64.b64encode(np.arange(4, dtype="<i2").tobytes()).decode(),
+    }
+    repo.import_references("sparse", {"version": 1, "refs": refs})
+    repo.checkout("sparse", None, str(tmp_path / "s.parq"), format="parquet")
+    _, g = _fsspec_group(tmp_path / "s.parq")
+    expected = np.full((4, 4), 7, dtype="<i2")
+    expected[2:, 2:] = np.arange(4).reshape(2, 2)
+    np.testing.assert_array_equal(g["v"][:], expected)
+    # and back in: the same three keys, nothing invented for the missing chunks
+    snap = repo.import_references("sparse2", str(tmp_path / "s.parq"))
+    assert sorted(repo.manifest(snap)) == [".zgroup", "v/.zarray", "v/1.1"]
+    np.testing.assert_array_equal(snapref.open(repo, "sparse2")["v"][:], expected)
+
+
+def test_commit_what_the_lazy_mapper_flushed(air: snapref.Repository, tmp_path: Path) -> None:
+    out = tmp_path / "work.parq"
+    air.checkout("air", None, str(out), format="parquet", record_size=7)
+    fs, g = _fsspec_group(out, mode="r+")
+    g["temp"][1, 0:4, 0:4] = -1.0
+    assert isinstance(fs.references, LazyReferenceMapper)
+    fs.references.flush()
+    (tmp_path / "work.parq.snapref").unlink()  # the record inside the directory suffices
+    snap = air.commit_references("air", str(out), "Mask a patch")
+    assert snap is not None and snap.version == 2
+    # only the edited chunk changed; metadata re-encoded by the layout is not a change
+    assert air.changes(snap) == {"temp/0.0.0": "M"}
+    assert snap.summary["objects_written"] == 1
+    expected = temp_values()
+    expected[1, 0:4, 0:4] = -1.0
+    np.testing.assert_array_equal(snapref.open(air, "air")["temp"][:], expected)
+    # the records follow the new version: committing again changes nothing
+    assert json.loads((out / ".snapref").read_text())["version"] == 2
+    assert air.commit_references("air", str(out), "again") is None
+
+
+def test_cli_checkout_edit_commit(run: Any, tmp_path: Path, kerchunk_refs: Any) -> None:
+    refs_to_dataframe(kerchunk_refs, str(tmp_path / "in.parq"), record_size=100)
+    run("init")
+    assert "Imported air version 1" in run("import", "air", "in.parq").output
+    run("checkout", "air", "--format", "parquet", "-o", "work.parq", "--record-size", "6")
+    fs, g = _fsspec_group(tmp_path / "work.parq", mode="r+")
+    g["temp"][7, 39, 59] = 0.0  # the last chunk
+    fs.references.flush()
+    out = run("commit", "air", "work.parq", "-m", "Zero a corner", "--json").output
+    assert json.loads(out)["summary"]["chunks_modified"] == 1
+    repo = snapref.connect(str(tmp_path / "wh"))
+    assert repo.changes(repo.head("air")) == {"temp/3.1.2": "M"}
+    assert snapref.open(repo, "air")["temp"][7, 39, 59] == 0.0
+    assert snapref.open(repo, "air", 1)["temp"][7, 39, 59] == temp_values()[7, 39, 59]
+
+
+def test_layouts_parquet_cannot_hold_are_refused(repo: snapref.Repository, tmp_path: Path) -> None:
+    group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "v3.zarr"), mode="w", zarr_format=3)
+    group.create_array("a", shape=(4,), chunks=(2,), dtype="i4")[:] = 1
+    from snapref.ingest import ingest
+
+    ingest(repo, "v3", str(tmp_path / "v3.zarr"))
+    with pytest.raises(snapref.InvalidInputError, match="zarr v3"):
+        repo.checkout("v3", None, str(tmp_path / "x.parq"), format="parquet")
+    with pytest.raises(snapref.InvalidInputError, match="Unknown reference format"):
+        repo.checkout("v3", None, str(tmp_path / "x.parq"), format="csv")
+    (tmp_path / "bad.parq").mkdir()
+    (tmp_path / "bad.parq" / ".zmetadata").write_text("{}")
+    assert not is_parquet_references(str(tmp_path / "bad.parq"))
+    # a checkout never deletes a folder that is not a parquet reference set
+    repo.import_references("v2", {"version": 1, "refs": {".zgroup": '{"zarr_format": 2}'}})
+    with pytest.raises(snapref.InvalidInputError, match="not a parquet reference set"):
+        repo.checkout("v2", None, str(tmp_path / "bad.parq"), format="parquet")
+    assert (tmp_path / "bad.parq" / ".zmetadata").read_text() == "{}"
+
+
+def test_a_large_set_imports_lazily_written_records(
+    repo: snapref.Repository, tmp_path: Path
+) -> None:
+    """90,000 references in 3 record files, as a generator would write them."""
+    side, record_size = 300, 30_000
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(np.arange(side * side, dtype="<u2").tobytes())
+    root = tmp_path / "big.parq"
+    (root / "v").mkdir(parents=True)
+    zarray = {
+        "zarr_format": 2,
+        "shape": [side, side],
+        "chunks": [1, 1],
+        "dtype": "<u2",
+        "compressor": None,
+        "fill_value": 0,
+        "order": "C",
+        "filters": None,
+    }
+    meta = {
+        "metadata": {".zgroup": {"zarr_format": 2}, "v/.zarray": zarray},
+        "record_size": record_size,
+    }
+    (root / ".zmetadata").write_text(json.dumps(meta))
+    for r in range(side * side // record_size):
+        k = np.arange(r * record_size, (r + 1) * record_size)
+        table = pa.table(
+            {
+                "path": pa.array([str(blob)] * len(k)),
+                "offset": pa.array(2 * k),
+                "size": pa.array(np.full(len(k), 2)),
+                "raw": pa.nulls(len(k), pa.binary()),
+            }
+        )
+        pq.write_table(table, root / "v" / f"refs.{r}.parq")
+    snap = repo.import_references("big", str(root))
+    assert snap.summary["chunks_added"] == side * side
+    v = snapref.open(repo, "big")["v"]
+    assert v[123, 234] == 123 * side + 234
+    assert v[side - 1, side - 1] == (side * side - 1) % 2**16  # the blob wraps at uint16
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SNAPREF_REPO", str(tmp_path / "wh"))
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output + result.stderr
+        return result
+
+    return invoke
