@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,22 +58,75 @@ def format_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass(frozen=True)
 class Snapshot:
-    """One immutable version of a dataset, with its provenance."""
+    """One immutable version of a dataset, with its provenance.
 
-    id: str
-    dataset: str
-    version: int
-    manifest: str
-    parents: tuple[str, ...]
-    branch: str
-    timestamp: datetime
-    author: str
-    message: str
-    snapref_version: str
-    properties: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, int] = field(default_factory=dict)
+    Read-only attributes: ``id``, ``dataset``, ``version``, ``manifest`` (digest of
+    the manifest list), ``parents`` (ids), ``branch``, ``timestamp`` (UTC datetime),
+    ``author``, ``message``, ``snapref_version``, ``properties``, ``summary``.
+
+    Made from a catalog row. The JSON fields and the time are decoded when first
+    read, so a log of 10,000 versions costs little more than fetching its rows.
+    Two snapshots are equal when their ids are.
+    """
+
+    __slots__ = ("_decoded", "_row")
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        #: the ``snapshots`` row in column order (see catalog/schema.py)
+        self._row = row
+        self._decoded: dict[str, Any] = {}
+
+    def _json(self, name: str, column: int) -> Any:
+        try:
+            return self._decoded[name]
+        except KeyError:
+            value = self._decoded[name] = ujson.loads(self._row[column])
+            return value
+
+    id = property(lambda self: self._row[0], doc="Unique id (32 hex digits).")
+    dataset = property(lambda self: self._row[1], doc="Name of the dataset.")
+    version = property(lambda self: int(self._row[2]), doc="1, 2, 3... per dataset.")
+    manifest = property(lambda self: self._row[3], doc="Digest of the manifest list.")
+    branch = property(lambda self: self._row[5], doc="Branch it was committed to.")
+    author = property(lambda self: self._row[7])
+    message = property(lambda self: self._row[8])
+    snapref_version = property(lambda self: self._row[9])
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        """Ids of the parent snapshots (two for a merge, none for the first)."""
+        return tuple(self._json("parents", 4))
+
+    @property
+    def timestamp(self) -> datetime:
+        """When it was committed (UTC)."""
+        return datetime.fromisoformat(self._row[6])
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """User properties recorded with the commit."""
+        return dict(self._json("properties", 10))
+
+    @property
+    def summary(self) -> dict[str, int]:
+        """chunks_added, chunks_modified, chunks_removed, bytes_written, ..."""
+        return dict(self._json("summary", 11))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Snapshot) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return (
+            f"Snapshot(dataset={self.dataset!r}, version={self.version}, id={self.id!r}, "
+            f"branch={self.branch!r}, message={self.message!r})"
+        )
+
+    def __reduce__(self) -> Any:
+        return Snapshot, (self._row,)
 
     def to_json(self) -> dict[str, Any]:
         """The fields of ``snapref log --json``."""
@@ -81,7 +134,7 @@ class Snapshot:
             "version": self.version,
             "id": self.id,
             "dataset": self.dataset,
-            "timestamp": format_time(self.timestamp),
+            "timestamp": self._row[6],
             "author": self.author,
             "message": self.message,
             "parents": list(self.parents),
@@ -138,41 +191,12 @@ class RefRecord:
     snapshot_id: str
 
 
-_SNAPSHOT_FIELDS = tuple(f.name for f in fields(Snapshot))
-
-
 def _snapshot(row: Any) -> Snapshot:
-    return _snapshot_of_tuple(tuple(row))
+    return Snapshot(tuple(row)[:12])
 
 
 def _snapshot_of_tuple(row: tuple[Any, ...]) -> Snapshot:
-    """A Snapshot from a ``snapshots`` row in column order. Fills the frozen
-    dataclass's ``__dict__`` in one step: a 10,000-version log builds 10,000 of them."""
-    (sid, dataset, version, manifest, parents, branch, ts, author, message, sv, props, summ) = row[
-        :12
-    ]
-    snap = object.__new__(Snapshot)
-    snap.__dict__.update(
-        zip(
-            _SNAPSHOT_FIELDS,
-            (
-                sid,
-                dataset,
-                version,
-                manifest,
-                tuple(ujson.loads(parents)),
-                branch,
-                datetime.fromisoformat(ts),
-                author,
-                message,
-                sv,
-                ujson.loads(props),
-                ujson.loads(summ),
-            ),
-            strict=True,
-        )
-    )
-    return snap
+    return Snapshot(row[:12])
 
 
 def new_snapshot_id() -> str:
@@ -787,8 +811,8 @@ def _walk(by_id: Mapping[str, Any], head: str, parents_column: int) -> list[str]
     while current is not None and current in by_id:
         out.append(current)
         parents = by_id[current][parents_column]
-        # parents is the JSON list written by _insert_snapshot, e.g. '["<32 hex>"]'
-        current = ujson.loads(parents)[0] if parents != "[]" else None
+        # the JSON list written by _insert_snapshot: '["<32 hex>", ...]' or '[]'
+        current = parents[2:34] if len(parents) >= 36 else None
     return out
 
 
