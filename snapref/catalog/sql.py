@@ -75,9 +75,11 @@ class Snapshot:
     def __init__(self, row: tuple[Any, ...]) -> None:
         #: the ``snapshots`` row in column order (see catalog/schema.py)
         self._row = row
-        self._decoded: dict[str, Any] = {}
+        self._decoded: dict[str, Any] | None = None  # made on first use: logs are long
 
     def _json(self, name: str, column: int) -> Any:
+        if self._decoded is None:
+            self._decoded = {}
         try:
             return self._decoded[name]
         except KeyError:
@@ -196,7 +198,7 @@ def _snapshot(row: Any) -> Snapshot:
 
 
 def _snapshot_of_tuple(row: tuple[Any, ...]) -> Snapshot:
-    return Snapshot(row[:12])
+    return Snapshot(row)
 
 
 def new_snapshot_id() -> str:
@@ -436,7 +438,7 @@ class Catalog:
         by_id = {r[0]: r for r in rows}
         if head not in by_id:
             raise VersionNotFoundError(f"No snapshot with id {head!r}")
-        return [_snapshot_of_tuple(by_id[i]) for i in _walk(by_id, head, 4)]
+        return [Snapshot(by_id[i]) for i in _walk(by_id, head, 4)]
 
     def chain_ids(self, head: str) -> list[str]:
         """Ids of ``head`` and its first-parent ancestors, newest first (light rows)."""
