@@ -11,6 +11,7 @@ store over it, held to zarr's store conformance suite.
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
@@ -21,12 +22,26 @@ from fsspec.implementations.reference import ReferenceFileSystem
 from fsspec.utils import get_protocol
 from zarr.storage import FsspecStore
 
-from snapref.errors import DisallowedSourceError, ReadOnlyError
+from snapref.errors import DisallowedSourceError, ReadOnlyError, TransactionClosedError
 from snapref.keys import is_metadata_key, validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
 from snapref.objects import ContentStore, new_async_fs, wrapped_fs
 
 __all__ = ["SnapshotFileSystem", "SnapshotStore", "SourcePolicy", "StagedReferences"]
+
+
+class _StagingFile(io.BytesIO):
+    """What ``fs.open(path, "wb")`` returns: the bytes are staged when it closes."""
+
+    def __init__(self, fs: SnapshotFileSystem, path: str) -> None:
+        super().__init__()
+        self._fs = fs
+        self._path = path
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fs.pipe_file(self._path, self.getvalue())
+        super().close()
 
 
 class SourcePolicy:
@@ -284,7 +299,13 @@ class SnapshotFileSystem(ReferenceFileSystem):
             )
         return self._writable
 
+    def close_for_writes(self, message: str) -> None:
+        """Refuse every later write with :class:`TransactionClosedError`."""
+        self._closed_message = message
+
     def _check_writable(self, path: str) -> None:
+        if getattr(self, "_closed_message", None):
+            raise TransactionClosedError(f"Cannot write {path!r}: {self._closed_message}")
         if self._read_only and self._writable is not None:
             raise ReadOnlyError(
                 f"Cannot write {path!r}: this is a read-only view of a transaction; write "
@@ -385,11 +406,11 @@ class SnapshotFileSystem(ReferenceFileSystem):
         return out
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        path = self._strip_protocol(path)
         if "r" not in mode:
             self._check_writable(path)
-            return super()._open(path, mode, **kwargs)
-        import io
-
+            validate_key(path)
+            return _StagingFile(self, path)
         return io.BytesIO(self.cat_file(path))
 
     # -- listing -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ are content-addressed (:mod:`snapref.objects`), so a snapshot that changes one c
 rewrites one shard and one manifest list, and reuses every other shard as is
 (invariant 3). Reading a key loads only the shard that holds it.
 
-The parquet schema of a shard (see ``catalog_schemas/manifest-v1.md``):
+The parquet schema of a shard (see ``catalog_schemas/manifest-v1.json``):
 
 ======  =========  ==========================================================
 column  type       meaning
@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 import ujson
 from fsspec.asyn import AsyncFileSystem
 
-from snapref.errors import InvalidReferenceError
+from snapref.errors import CatalogSchemaError, InvalidReferenceError
 from snapref.keys import array_path_of, chunk_coords, is_metadata_key
 from snapref.objects import PutResult, Warehouse, content_hash
 
@@ -317,7 +317,13 @@ class Manifest(Mapping[str, Ref]):
     def load(cls, warehouse: Warehouse, digest: str) -> Manifest:
         """Read the manifest list named ``digest`` (verified) from the warehouse."""
         data = warehouse.content("manifests", ".json").get(digest)
-        return cls(warehouse, ujson.loads(data), digest)
+        doc = ujson.loads(data)
+        if doc.get("format") != MANIFEST_FORMAT:
+            raise CatalogSchemaError(
+                f"Manifest {digest} has format {doc.get('format')!r}; this snapref reads "
+                f"format {MANIFEST_FORMAT}. Upgrade snapref."
+            )
+        return cls(warehouse, doc, digest)
 
     def to_json(self) -> dict[str, Any]:
         return _manifest_doc(self.arrays, self.sections)

@@ -275,7 +275,8 @@ class ContentStore:
         if actual != digest:
             raise IntegrityError(
                 f"{self.kind} {self.url(digest)} is damaged: its bytes hash to {actual}, "
-                f"not {digest}. Restore the file from a backup or re-commit the data."
+                f"not {digest}. Restore that file from a backup: its name is the SHA-256 "
+                "of the exact bytes it must hold."
             )
         return data
 

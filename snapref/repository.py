@@ -26,6 +26,7 @@ from zarr.storage import FsspecStore
 from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Catalog, RefRecord, Snapshot
 from snapref.errors import (
     AlreadyExistsError,
+    CatalogSchemaError,
     InvalidInputError,
     InvalidReferenceError,
     NotFoundError,
@@ -423,7 +424,10 @@ class Repository:
         if isinstance(refs, str):
             base = None if "://" in refs else os.path.dirname(os.path.abspath(refs))
             return parse_references(load_reference_file(refs, storage_options), base)
-        return parse_references(refs)
+        # a reference set made in this process (kerchunk's translate()) names local
+        # files as it was given them: relative paths mean the working directory, as
+        # fsspec would read them now
+        return parse_references(refs, os.getcwd())
 
     # -- reading versions ----------------------------------------------------------------
 
@@ -469,11 +473,8 @@ class Repository:
         if format not in ("json", "parquet"):
             raise InvalidInputError(f"Unknown reference format {format!r}: use json or parquet")
         snap = self.resolve(name, version, branch=branch)
-        on_branch = branch or (
-            str(version)
-            if (r := self.db.ref(name, str(version))) and r.kind == BRANCH
-            else MAIN_BRANCH
-        )
+        named = self.db.ref(name, version) if isinstance(version, str) else None
+        on_branch = branch or (version if named and named.kind == BRANCH else MAIN_BRANCH)
         record = self._record(snap, on_branch)
         if format == "parquet":
             path = path.rstrip("/")
@@ -775,6 +776,11 @@ def connect(
             f"No snapref repository at {warehouse.url}: create one with "
             f"'snapref init {url}', or check the URL and --storage-option settings"
         ) from None
+    if config.get("format") != 1:
+        raise CatalogSchemaError(
+            f"The repository at {warehouse.url} has layout format {config.get('format')!r}; "
+            "this snapref reads format 1. Upgrade snapref."
+        )
     catalog_url = (
         catalog or os.environ.get("SNAPREF_CATALOG") or _catalog_url(warehouse, config["catalog"])
     )

@@ -259,7 +259,7 @@ class Transaction:
             recorded and the transaction is closed.
         """
         self._check_open()
-        self._closed = True
+        self._close()
         changeset = self.changeset()
         parent, base = self.parent, self.base
         for attempt in range(10 if self.rebase else 1):
@@ -288,7 +288,18 @@ class Transaction:
         raise AssertionError("unreachable")
 
     def discard(self) -> None:
-        """Drop every staged edit; nothing is written."""
+        """Drop every staged edit; nothing is recorded. (Chunks staged so far were
+        stored as objects; nothing reaches them, as after a crash.)"""
         self._check_open()
-        self._closed = True
+        self._close()
         self.staged.staged.clear()
+
+    def _close(self) -> None:
+        self._closed = True
+        # later writes through tx.store or tx.fs would be lost: refuse them
+        message = (
+            f"The transaction on {self.dataset}@{self.branch} is closed; open a new one "
+            "with repo.transaction(...) to make more changes"
+        )
+        self.fs.close_for_writes(message)
+        self._afs.close_for_writes(message)

@@ -171,3 +171,22 @@ def test_tx_fs_is_a_sync_fsspec_view_of_the_staged_state(air: snapref.Repository
     assert fs.cat_file("notes.txt") == b"hello"
     with pytest.raises(snapref.ReadOnlyError):
         fs.pipe_file("notes.txt", b"nope")
+
+
+def test_files_written_with_open_are_staged(air: snapref.Repository) -> None:
+    with air.transaction("air", message="notes") as tx:
+        with tx.fs.open("notes/readme.txt", "wb") as f:
+            f.write(b"calibrated ")
+            f.write(b"2026-11")
+    assert air.filesystem("air").cat_file("notes/readme.txt") == b"calibrated 2026-11"
+
+
+def test_writes_after_the_commit_are_refused(air: snapref.Repository) -> None:
+    with air.transaction("air", message="edit") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        g["temp"][0, 0, 0] = 1
+    with pytest.raises(snapref.TransactionClosedError, match="closed"):
+        tx.fs.pipe_file("temp/0.0.0", b"late")
+    with pytest.raises(snapref.TransactionClosedError):
+        g["temp"][0, 0, 0] = 2
+    assert air.head("air").version == 2

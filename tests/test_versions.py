@@ -167,3 +167,22 @@ def test_groups_can_be_created_and_deleted(air: snapref.Repository) -> None:
         "qc/flags/0": "D",
         "qc/flags/1": "D",
     }
+
+
+def test_as_of_a_snapshots_own_time_finds_it(air: snapref.Repository) -> None:
+    s2 = _edit(air, 2.0)
+    _edit(air, 3.0)
+    assert air.resolve("air", as_of=s2.timestamp) == s2
+    assert air.resolve("air", as_of=air.resolve("air", 1).timestamp).version == 1
+
+
+def test_relative_paths_in_a_reference_dict_mean_the_working_directory(
+    repo: snapref.Repository, hdf5_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kerchunk.hdf import SingleHdf5ToZarr
+
+    monkeypatch.chdir(hdf5_file.parent)
+    refs = SingleHdf5ToZarr("air.h5", inline_threshold=500).translate()
+    repo.import_references("air", refs)
+    assert repo.sources("air") == [f"file://{hdf5_file.parent}/"]
+    np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], temp_values())

@@ -633,6 +633,7 @@ class Catalog:
         new: str | None,
         author: str,
         message: str | None = None,
+        timestamp: str | None = None,
     ) -> None:
         conn.execute(
             sa.insert(t.ref_log).values(
@@ -643,7 +644,9 @@ class Catalog:
                 action=action,
                 old_snapshot=old,
                 new_snapshot=new,
-                timestamp=iso_now(),
+                # a commit's entry carries the snapshot's own time, so that
+                # as_of=snapshot.timestamp finds that snapshot
+                timestamp=timestamp or iso_now(),
                 author=author,
             )
         )
@@ -684,7 +687,14 @@ class Catalog:
                     )
                 )
                 self._log_ref(
-                    conn, name, snapshot["branch"], "create", None, row["id"], snapshot["author"]
+                    conn,
+                    name,
+                    snapshot["branch"],
+                    "create",
+                    None,
+                    row["id"],
+                    snapshot["author"],
+                    timestamp=row["timestamp"],
                 )
         except SQLIntegrityError as exc:
             raise AlreadyExistsError(
@@ -746,10 +756,16 @@ class Catalog:
                         row["id"],
                         snapshot["author"],
                         snapshot["message"] if action != "commit" else None,
+                        timestamp=row["timestamp"],
                     )
                 return self.snapshot(row["id"])
             except _Moved:
                 head = self.ref(dataset, branch)
+                if head is None or head.kind != BRANCH:
+                    raise VersionNotFoundError(
+                        f"Dataset {dataset!r} has no branch {branch!r}; nothing was "
+                        f"committed. Create it with 'snapref branch {dataset} {branch}'."
+                    ) from None
                 raise ConflictError(
                     f"Branch {branch!r} of dataset {dataset!r} moved while you worked: it "
                     f"points at {head.snapshot_id[:12] if head else 'nothing'}, not at "
