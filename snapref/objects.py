@@ -200,12 +200,10 @@ class ContentStore:
             return await asyncio.to_thread(self._put_local, data)
         digest = await asyncio.to_thread(content_hash, data)
         path = self.path(digest)
-        try:
-            await afs._info(path)
+        if await _exists_async(afs, path):
             return digest, False
-        except FileNotFoundError:
-            await afs._pipe_file(path, data)
-            return digest, True
+        await afs._pipe_file(path, data)
+        return digest, True
 
     def _put_local(self, data: bytes) -> tuple[str, bool]:
         digest = content_hash(data)
@@ -279,6 +277,20 @@ class ContentStore:
                 "of the exact bytes it must hold."
             )
         return data
+
+
+async def _exists_async(afs: AsyncFileSystem, path: str) -> bool:
+    """Whether the file ``path`` exists, in one request where the fs allows: on S3 a
+    HEAD (s3fs's ``exists`` would also list the prefix when the key is missing)."""
+    call_s3 = getattr(afs, "_call_s3", None)
+    if call_s3 is not None:
+        bucket, key, _ = afs.split_path(path)
+        try:
+            await call_s3("head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return False
+        return True
+    return bool(await afs._exists(path))
 
 
 def _atomic_write_local(path: str, data: bytes) -> None:
