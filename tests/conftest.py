@@ -65,6 +65,26 @@ def kerchunk_refs(hdf5_file: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run the ``snapref`` command line in ``tmp_path`` with ``SNAPREF_REPO=tmp_path/wh``:
+    ``run("log", "air", code=0)`` asserts the exit code and returns click's result."""
+    from click.testing import CliRunner
+
+    from snapref.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SNAPREF_REPO", str(tmp_path / "wh"))
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output + result.stderr
+        return result
+
+    return invoke
+
+
+@pytest.fixture
 def repo(tmp_path: Path) -> Iterator[snapref.Repository]:
     r = snapref.init(str(tmp_path / "warehouse"))
     yield r

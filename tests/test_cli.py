@@ -9,27 +9,12 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import pytest
 import zarr
 from click.testing import CliRunner
 
 import snapref
 from snapref.cli import cli
 from tests.conftest import temp_values
-
-
-@pytest.fixture
-def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SNAPREF_REPO", str(tmp_path / "wh"))
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0) -> Any:
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, result.output + result.stderr
-        return result
-
-    return invoke
 
 
 def _edit_like_the_blog(path: str) -> None:

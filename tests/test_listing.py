@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from click.testing import CliRunner
 
 import snapref
-from snapref.cli import cli
 from tests.conftest import temp_values
 
 
@@ -97,20 +95,6 @@ def test_every_intake_entry_opens_the_same_values(
 def test_to_intake_rejects_an_unknown_route(air: snapref.Repository, tmp_path: Path) -> None:
     with pytest.raises(snapref.InvalidInputError, match="Unknown route"):
         air.to_intake(str(tmp_path / "c.yaml"), route="ftp")
-
-
-@pytest.fixture
-def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SNAPREF_REPO", str(tmp_path / "wh"))
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0) -> Any:
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, result.output + result.stderr
-        return result
-
-    return invoke
 
 
 def test_cli_describe_catalog_and_intake(

@@ -15,12 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zarr
-from click.testing import CliRunner
 from fsspec.implementations.reference import LazyReferenceMapper
 from kerchunk.df import refs_to_dataframe
 
 import snapref
-from snapref.cli import cli
 from snapref.refs_parquet import is_parquet_references
 from tests.conftest import temp_values
 
@@ -208,17 +206,3 @@ def test_a_large_set_imports_lazily_written_records(
     v = snapref.open(repo, "big")["v"]
     assert v[123, 234] == 123 * side + 234
     assert v[side - 1, side - 1] == (side * side - 1) % 2**16  # the blob wraps at uint16
-
-
-@pytest.fixture
-def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SNAPREF_REPO", str(tmp_path / "wh"))
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0) -> Any:
-        result = runner.invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, result.output + result.stderr
-        return result
-
-    return invoke
