@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import time
+import traceback
 from pathlib import Path
 
 from benchmarks.common import Recorder
@@ -19,6 +20,7 @@ WORKLOADS = {
     "W3": "benchmarks.w34_throughput",
     "W5": "benchmarks.w5_dedupe",
     "W6": "benchmarks.w6_log",
+    "W7": "benchmarks.w7_history",
 }
 HERE = Path(__file__).parent
 
@@ -35,9 +37,14 @@ def main() -> None:
     only = ["W3" if w == "W4" else w for w in only]  # W3 and W4 run together
     rec = Recorder()
     t0 = time.perf_counter()
+    failed = []
     for name in only:
         print(f"== {name}", flush=True)
-        importlib.import_module(WORKLOADS[name]).run(rec, args.quick)
+        try:
+            importlib.import_module(WORKLOADS[name]).run(rec, args.quick)
+        except Exception:  # report it, and run the other workloads
+            traceback.print_exc()
+            failed.append(name)
     elapsed = time.perf_counter() - t0
     from benchmarks.report import evaluate, write_report
 
@@ -50,6 +57,8 @@ def main() -> None:
         write_report(rec, verdicts, out, quick=args.quick, elapsed=elapsed)
         (out / "results.json").write_text(json.dumps([r.to_json() for r in rec.results], indent=1))
     print(f"finished in {elapsed:.0f} s")
+    if failed:
+        raise SystemExit(f"workloads that crashed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

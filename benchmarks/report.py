@@ -123,6 +123,25 @@ def evaluate(rec: Recorder) -> list[Verdict]:
         med("W6", case6, "snapref", "reopen+log time"),
         med("W6", case6, "icechunk", "reopen+log time"),
     )
+    # W7: issue 4's history targets
+    diff_case = next(
+        (r.case for r in rec.results if r.workload == "W7" and "changed" in r.case), ""
+    )
+    diff = med("W7", diff_case, "snapref", "reopen+diff time")
+    check(f"W7 diff {diff_case}: snapref < 0.1 s", diff, 0.1)
+    check(
+        f"W7 diff {diff_case}: snapref <= 1.0 x Icechunk split",
+        diff,
+        med("W7", diff_case, "icechunk-split", "reopen+diff time"),
+    )
+    blame_case = next(
+        (r.case for r in rec.results if r.workload == "W7" and "versions" in r.case), ""
+    )
+    check(
+        f"W7 blame {blame_case}: snapref < 0.1 s",
+        med("W7", blame_case, "snapref", "reopen+blame time"),
+        0.1,
+    )
     return out
 
 
