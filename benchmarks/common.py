@@ -139,7 +139,10 @@ def run_child(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     )
     wall = time.perf_counter() - t0
     if out.returncode != 0:
-        raise RuntimeError(f"child failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(
+            f"child failed with exit code {out.returncode}:\n{out.stdout[-1500:]}\n"
+            f"{out.stderr[-3000:]}"
+        )
     data = json.loads(out.stdout.strip().splitlines()[-1])
     data["wall"] = wall
     return data

@@ -19,7 +19,7 @@ column  type       meaning
 key     string     dataset-relative key, e.g. ``temp/3.4``
 kind    int8       0 inline bytes, 1 warehouse object, 2 virtual reference
 data    binary     the bytes of an inline reference
-digest  string     SHA-256 of a warehouse object
+digest  string     BLAKE3 of a warehouse object
 url     string     target of a virtual reference (dictionary encoded)
 offset  int64      byte offset of a virtual reference (null: whole file)
 length  int64      byte length (inline and object: size; virtual: range length)
@@ -73,7 +73,7 @@ class InlineRef:
 
 @dataclass(frozen=True, slots=True)
 class ObjectRef:
-    """A chunk stored in the warehouse as an immutable object named by its SHA-256."""
+    """A chunk stored in the warehouse as an immutable object named by its BLAKE3."""
 
     digest: str
     size: int

@@ -20,8 +20,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-import click
-
 __all__ = ["Tick", "bar", "enabled", "is_enabled", "should_show"]
 
 #: Advances a bar by the given number of steps.
@@ -62,6 +60,8 @@ def bar(total: int, label: str) -> Iterator[Tick]:
     if not _ENABLED.get() or total <= 0:
         yield _ignore
         return
+    import click  # only the CLI draws bars: library imports stay light
+
     with click.progressbar(
         length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True
     ) as progress:

@@ -5,7 +5,6 @@ in time — in Python and through the CLI — and never store a credential."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from datetime import datetime
@@ -19,6 +18,7 @@ import pytest
 import s3fs
 import xarray as xr
 import zarr
+from blake3 import blake3
 from click.testing import CliRunner, Result
 from kerchunk.hdf import SingleHdf5ToZarr
 from zarr.storage import FsspecStore
@@ -45,8 +45,8 @@ def _objects(fs: s3fs.S3FileSystem) -> dict[str, bytes]:
     return {p: fs.cat_file(p) for p in paths}
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _digest(data: bytes) -> str:
+    return blake3(data).hexdigest()
 
 
 @pytest.fixture
@@ -171,7 +171,7 @@ def test_journey_on_s3(
     assert len(new_objects) == 2  # exactly the changed chunks
     for path, data in new_objects.items():
         head, tail = path.split("/")[-2:]
-        assert head + tail == _sha(data)  # content-addressed
+        assert head + tail == _digest(data)  # content-addressed
 
     # log
     log = repo.log("air")
@@ -187,7 +187,7 @@ def test_journey_on_s3(
     assert fs.cat_file("temp/0.0.1") == raw
     both = fs.cat(["temp/0.0.0", "temp/0.0.1"])
     assert both["temp/0.0.1"] == raw
-    assert f"{OBJECTS}/{_sha(both['temp/0.0.0'])[:2]}/{_sha(both['temp/0.0.0'])[2:]}" in new_objects
+    assert f"{OBJECTS}/{_digest(both['temp/0.0.0'])[:2]}/{_digest(both['temp/0.0.0'])[2:]}" in new_objects
 
     # time travel, by repository and by URL
     expected = _expected_after_edit()
