@@ -70,12 +70,36 @@ class Snapshot:
     Two snapshots are equal when their ids are.
     """
 
-    __slots__ = ("_decoded", "_row")
+    __slots__ = ("_decoded", "_deferred", "_row")
 
-    def __init__(self, row: tuple[Any, ...]) -> None:
-        #: the ``snapshots`` row in column order (see catalog/schema.py)
-        self._row = row
+    def __init__(self, row: tuple[Any, ...], deferred: _Deferred | None = None) -> None:
+        #: the ``snapshots`` row in column order (see catalog/schema.py), or with
+        #: ``deferred``: the shown columns id, version, parents, branch, timestamp,
+        #: author, message, the rest read through ``deferred`` when first needed
+        self._row = row if deferred is None else _from_shown(row)
+        self._deferred = deferred
         self._decoded: dict[str, Any] | None = None  # made on first use: logs are long
+
+    def _full(self) -> tuple[Any, ...]:
+        if self._deferred is not None:
+            dataset, manifest, version, props, summary = self._deferred.rest(self._row[0])
+            r = self._row
+            self._row = (
+                r[0],
+                dataset,
+                r[2],
+                manifest,
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                version,
+                props,
+                summary,
+            )
+            self._deferred = None
+        return self._row
 
     def _json(self, name: str, column: int) -> Any:
         if self._decoded is None:
@@ -83,17 +107,17 @@ class Snapshot:
         try:
             return self._decoded[name]
         except KeyError:
-            value = self._decoded[name] = ujson.loads(self._row[column])
+            value = self._decoded[name] = ujson.loads(self._full()[column])
             return value
 
     id = property(lambda self: self._row[0], doc="Unique id (32 hex digits).")
-    dataset = property(lambda self: self._row[1], doc="Name of the dataset.")
+    dataset = property(lambda self: self._full()[1], doc="Name of the dataset.")
     version = property(lambda self: int(self._row[2]), doc="1, 2, 3... per dataset.")
-    manifest = property(lambda self: self._row[3], doc="Digest of the manifest list.")
+    manifest = property(lambda self: self._full()[3], doc="Digest of the manifest list.")
     branch = property(lambda self: self._row[5], doc="Branch it was committed to.")
     author = property(lambda self: self._row[7])
     message = property(lambda self: self._row[8])
-    snapref_version = property(lambda self: self._row[9])
+    snapref_version = property(lambda self: self._full()[9])
 
     @property
     def parents(self) -> tuple[str, ...]:
@@ -128,7 +152,7 @@ class Snapshot:
         )
 
     def __reduce__(self) -> Any:
-        return Snapshot, (self._row,)
+        return Snapshot, (self._full(),)
 
     def to_json(self) -> dict[str, Any]:
         """The fields of ``snapref log --json``."""
@@ -191,6 +215,41 @@ class RefRecord:
     name: str
     kind: str
     snapshot_id: str
+
+
+def _from_shown(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A full-width row from the shown columns, None where a column is deferred."""
+    sid, version, parents, branch, timestamp, author, message = row
+    return (sid, None, version, None, parents, branch, timestamp, author, message, None, None, None)
+
+
+class _Deferred:
+    """The columns a log does not show, read for all its entries on first need."""
+
+    __slots__ = ("_catalog", "_head", "_rest")
+
+    def __init__(self, catalog: Catalog, head: str) -> None:
+        self._catalog = catalog
+        self._head = head
+        self._rest: dict[str, tuple[Any, ...]] | None = None
+
+    def rest(self, snapshot_id: str) -> tuple[Any, ...]:
+        """(dataset, manifest, snapref_version, properties, summary) of a snapshot."""
+        if self._rest is None:
+            s = t.snapshots
+            dataset = sa.select(s.c.dataset).where(s.c.id == self._head).scalar_subquery()
+            cols = [
+                s.c.id,
+                s.c.dataset,
+                s.c.manifest,
+                s.c.snapref_version,
+                s.c.properties,
+                s.c.summary,
+            ]
+            with self._catalog._read() as conn:
+                rows = conn.execute(sa.select(*cols).where(s.c.dataset == dataset)).cursor
+                self._rest = {r[0]: tuple(r[1:]) for r in rows.fetchall()}
+        return self._rest[snapshot_id]
 
 
 def _snapshot(row: Any) -> Snapshot:
@@ -432,13 +491,19 @@ class Catalog:
         """
         s = t.snapshots
         dataset = sa.select(s.c.dataset).where(s.c.id == head).scalar_subquery()
+        # the columns a log shows; the others are read for all entries at once if
+        # one entry is asked for them (_Deferred): fetching rows is most of the cost
+        shown = [s.c.id, s.c.version, s.c.parents, s.c.branch, s.c.timestamp, s.c.author]
         with self._read() as conn:
             # plain DB-API rows: SQLAlchemy's Row objects cost more than the query here
-            rows = conn.execute(sa.select(s).where(s.c.dataset == dataset)).cursor.fetchall()
+            rows = conn.execute(
+                sa.select(*shown, s.c.message).where(s.c.dataset == dataset)
+            ).cursor.fetchall()
         by_id = {r[0]: r for r in rows}
         if head not in by_id:
             raise VersionNotFoundError(f"No snapshot with id {head!r}")
-        return [Snapshot(by_id[i]) for i in _walk(by_id, head, 4)]
+        deferred = _Deferred(self, head)
+        return [Snapshot(by_id[i], deferred) for i in _walk(by_id, head, 2)]
 
     def chain_ids(self, head: str) -> list[str]:
         """Ids of ``head`` and its first-parent ancestors, newest first (light rows)."""
