@@ -40,6 +40,32 @@ def run(rec: Recorder, quick: bool) -> None:
         for split in (False, True):
             _icechunk(rec, d, side, versions, repeats, row, col, expected, split)
         _kerchunk(rec, d, repeats, row, col, expected)
+    _import_floor(rec, repeats)
+
+
+def _import_floor(rec: Recorder, repeats: int) -> None:
+    """What a fresh process pays before snapref runs a line of its own: importing the
+    libraries the issue chose for it (zarr, pyarrow's parquet reader, SQLAlchemy,
+    fsspec's reference filesystem). Shown beside the systems as a floor."""
+    code = (
+        CHILD_PEAK_RSS
+        + """
+import json, zarr, pyarrow.parquet, sqlalchemy, fsspec.implementations.reference
+print(json.dumps({"rss": _peak_rss_mb()}))
+"""
+    )
+    fresh = [run_child(code) for _ in range(repeats)]
+    rec.add(
+        "W2",
+        "fresh process",
+        "imports only (floor)",
+        "open+read time",
+        "s",
+        [f["wall"] for f in fresh],
+    )
+    rec.add(
+        "W2", "fresh process", "imports only (floor)", "peak RSS", "MB", [f["rss"] for f in fresh]
+    )
 
 
 def _add(rec: Recorder, system: str, warm: list[float], fresh: list[dict]) -> None:
