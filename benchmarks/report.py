@@ -174,8 +174,9 @@ def _fmt(r: Result) -> str:
             return f"{v / 1024:.1f} KiB" if v < 2**20 else f"{v / 2**20:.1f} MiB"
         return f"{v:.4g} {r.unit}"
 
-    spread = "" if len(r.values) < 2 else f" ({f(r.low)} - {f(r.high)})"
-    return f"{f(r.median)}{spread}"
+    if len(r.values) < 2 or r.low == r.high:
+        return f(r.median)
+    return f"{f(r.median)} ({f(r.low)} - {f(r.high)})"
 
 
 def write_report(
