@@ -489,6 +489,7 @@ class SnapshotFileSystem(ReferenceFileSystem):
             if self._staged.is_dir(path):
                 return {"name": path, "type": "directory", "size": 0}
             raise FileNotFoundError(path) from None
+        size: int | None
         if isinstance(value, ObjectRef):
             size = value.size
         elif isinstance(value, list):

@@ -474,7 +474,9 @@ class Repository:
             raise InvalidInputError(f"Unknown reference format {format!r}: use json or parquet")
         snap = self.resolve(name, version, branch=branch)
         named = self.db.ref(name, version) if isinstance(version, str) else None
-        on_branch = branch or (version if named and named.kind == BRANCH else MAIN_BRANCH)
+        on_branch = branch or (
+            version if isinstance(version, str) and named and named.kind == BRANCH else MAIN_BRANCH
+        )
         record = self._record(snap, on_branch)
         if format == "parquet":
             path = path.rstrip("/")
@@ -567,7 +569,7 @@ class Repository:
         store = self.store(name, version, as_of=as_of, branch=branch)
         xr_kwargs.setdefault("consolidated", False)
         xr_kwargs.setdefault("chunks", None)
-        return xr.open_dataset(store, engine="zarr", **xr_kwargs)
+        return xr.open_dataset(store, engine="zarr", **xr_kwargs)  # type: ignore[arg-type]
 
     # -- history (snapref/history.py, snapref/inspect.py) ----------------------------
 

@@ -59,6 +59,7 @@ class ChangeSet:
 
     def without_noops(self, base: Manifest) -> ChangeSet:
         """The changes that really differ from ``base`` (and only their objects)."""
+        real: dict[str, Ref | None]
         if base.is_empty:
             real = {k: r for k, r in self.changes.items() if r is not None}
         else:

@@ -187,7 +187,10 @@ def test_journey_on_s3(
     assert fs.cat_file("temp/0.0.1") == raw
     both = fs.cat(["temp/0.0.0", "temp/0.0.1"])
     assert both["temp/0.0.1"] == raw
-    assert f"{OBJECTS}/{_digest(both['temp/0.0.0'])[:2]}/{_digest(both['temp/0.0.0'])[2:]}" in new_objects
+    assert (
+        f"{OBJECTS}/{_digest(both['temp/0.0.0'])[:2]}/{_digest(both['temp/0.0.0'])[2:]}"
+        in new_objects
+    )
 
     # time travel, by repository and by URL
     expected = _expected_after_edit()
