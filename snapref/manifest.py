@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 import ujson
 from fsspec.asyn import AsyncFileSystem
 
+from snapref import progress
 from snapref.errors import CatalogSchemaError, InvalidReferenceError
 from snapref.keys import array_path_of, chunk_coords, is_metadata_key
 from snapref.objects import PutResult, Warehouse, content_hash
@@ -390,6 +391,14 @@ class Manifest(Mapping[str, Ref]):
             for info in infos:
                 yield from self._load(info).keys()
 
+    def items(self) -> Iterator[tuple[str, Ref]]:  # type: ignore[override]
+        """Every entry, shard by shard (each shard decoded once, not once per key)."""
+        for name in sorted(self.sections):
+            yield from self.section_items(name)
+
+    def shard_count(self) -> int:
+        return sum(len(infos) for infos in self.sections.values())
+
     def section_items(self, section: str) -> Iterator[tuple[str, Ref]]:
         """Every entry of one section, in order (loads that section's shards)."""
         for info in self.sections.get(section, []):
@@ -525,14 +534,19 @@ class ManifestWriter:
                 entries = [(k, r) for k, r in groups[i].items() if r is not None]
                 entries.sort(key=lambda kv: sort_key(kv[0]))
                 table = _table_of(entries)
-            for start in range(0, table.num_rows, self.max_refs):
-                piece = table.slice(start, self.max_refs)
-                data = _encode(piece)
-                digest = content_hash(data)
-                out[digest] = data
-                keys = piece.column("key")
-                result.append(ShardInfo(digest, piece.num_rows, keys[0].as_py(), keys[-1].as_py()))
-                SHARD_CACHE.put(digest, Shard(piece))
+            pieces = range(0, table.num_rows, self.max_refs)
+            with progress.bar(len(pieces) if len(pieces) > 4 else 0, "Writing shards") as tick:
+                for start in pieces:
+                    piece = table.slice(start, self.max_refs)
+                    data = _encode(piece)
+                    digest = content_hash(data)
+                    out[digest] = data
+                    keys = piece.column("key")
+                    result.append(
+                        ShardInfo(digest, piece.num_rows, keys[0].as_py(), keys[-1].as_py())
+                    )
+                    SHARD_CACHE.put(digest, Shard(piece))
+                    tick(1)
         return result
 
 

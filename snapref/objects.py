@@ -29,6 +29,7 @@ from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 from fsspec.implementations.local import LocalFileSystem
 
+from snapref import progress
 from snapref.errors import IntegrityError
 
 __all__ = ["ContentStore", "Warehouse", "content_hash"]
@@ -193,11 +194,19 @@ class ContentStore:
         paths = {self.path(d): d for d in items}
         present = self._exists_many(list(paths))
         todo = {p: items[d] for p, d in paths.items() if p not in present}
-        if self.warehouse.is_local:
-            for p, data in todo.items():
-                _atomic_write_local(p, data)
-        elif todo:
-            self.warehouse.fs.pipe(todo)
+        batch = 256  # a bar moves per batch; remote batches go out concurrently
+        pending = list(todo.items())
+        with progress.bar(
+            len(pending) if len(pending) > batch else 0, f"Writing {self.kind}"
+        ) as tick:
+            for start in range(0, len(pending), batch):
+                part = pending[start : start + batch]
+                if self.warehouse.is_local:
+                    for p, data in part:
+                        _atomic_write_local(p, data)
+                else:
+                    self.warehouse.fs.pipe(dict(part))
+                tick(len(part))
         return PutResult(len(todo), sum(len(b) for b in todo.values()))
 
     async def put_async(self, afs: AsyncFileSystem, data: bytes) -> tuple[str, bool]:

@@ -16,11 +16,11 @@ a web service running several imports never draws bars on a server console.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["Tick", "bar", "enabled", "is_enabled", "should_show"]
+__all__ = ["Tick", "bar", "enabled", "is_enabled", "items", "should_show"]
 
 #: Advances a bar by the given number of steps.
 Tick = Callable[[int], None]
@@ -66,3 +66,17 @@ def bar(total: int, label: str) -> Iterator[Tick]:
         length=total, label=label, file=sys.stderr, show_pos=True, show_eta=True
     ) as progress:
         yield progress.update
+
+
+def items[T](iterable: Iterable[T], total: int, label: str, step: int = 10_000) -> Iterator[T]:
+    """``iterable``, advancing a bar of ``total`` items every ``step`` items (large
+    totals only: a bar for a few items is noise)."""
+    with bar(total if total > step else 0, label) as tick:
+        done = 0
+        for item in iterable:
+            yield item
+            done += 1
+            if done == step:
+                tick(done)
+                done = 0
+        tick(done)

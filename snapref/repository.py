@@ -23,6 +23,7 @@ import ujson
 import zarr
 from zarr.storage import FsspecStore
 
+from snapref import progress
 from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Catalog, RefRecord, Snapshot
 from snapref.errors import (
     AlreadyExistsError,
@@ -437,7 +438,8 @@ class Repository:
         warehouse URL."""
         snap = self.resolve(name, version, **kw)
         refs: dict[str, Any] = {}
-        for key, ref in self.manifest(snap).items():
+        manifest = self.manifest(snap)
+        for key, ref in progress.items(manifest.items(), len(manifest), "Reading references"):
             if isinstance(ref, InlineRef):
                 refs[key] = encode_inline(ref.data)
             elif isinstance(ref, ObjectRef):

@@ -9,6 +9,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import pytest
 import zarr
 from click.testing import CliRunner
 
@@ -127,3 +128,20 @@ def test_every_command_has_help_with_an_example() -> None:
         assert result.exit_code == 0, name
         assert "Example:" in result.output, f"'snapref {name} --help' has no Example block"
         assert command.help, name
+
+
+def test_long_imports_and_checkouts_show_progress_on_a_terminal(
+    run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapref import progress
+    from tests.test_scale import _virtual_dataset
+
+    (tmp_path / "big.json").write_text(json.dumps(_virtual_dataset(tmp_path, 150)))
+    run("init")
+    monkeypatch.setattr(progress, "should_show", lambda quiet: not quiet)  # "a terminal"
+    assert "Writing shards" in run("import", "big", "big.json").stderr
+    assert "Reading references" in run("checkout", "big", "-o", "big-out.json").stderr
+    assert run("-q", "checkout", "big", "-o", "quiet.json").stderr == ""
+    # a few keys draw no bar at all
+    (tmp_path / "small.json").write_text(json.dumps(_virtual_dataset(tmp_path, 3)))
+    assert run("import", "small", "small.json").stderr == ""
