@@ -736,6 +736,7 @@ def init(
         warehouse.fs.makedirs(warehouse.root, exist_ok=True)
         recorded = EMBEDDED_CATALOG
     else:
+        catalog = _absolute_sqlite(catalog)
         recorded = _without_password(catalog)
     config = {"format": 1, "catalog": recorded}
     # Claim the warehouse before creating the catalog: when the warehouse cannot be
@@ -796,6 +797,16 @@ def _catalog_url(warehouse: Warehouse, recorded: str) -> str:
         return recorded
     # an embedded catalog, recorded relative to the warehouse so the folder can move
     return "sqlite:///" + posixpath.join(warehouse.root, recorded)
+
+
+def _absolute_sqlite(url: str) -> str:
+    """``sqlite:///relative.db`` made absolute, since it is recorded for every later
+    process, whatever its working directory."""
+    parsed = sa.engine.make_url(url)
+    db = parsed.database
+    if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" and not os.path.isabs(db):
+        return parsed.set(database=os.path.abspath(db)).render_as_string(hide_password=False)
+    return url
 
 
 def _without_password(url: str) -> str:

@@ -332,3 +332,14 @@ def test_cli_checkout_and_commit_a_reference_file_on_s3(
     with snapref.connect(REPO, storage_options=s3_bucket) as repo:
         assert [s.message for s in repo.log("air")] == ["edit 1", "edit 0", "Import references"]
         np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], expected)
+
+
+def test_a_relative_sqlite_catalog_is_recorded_absolute(
+    s3_bucket: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    snapref.init("s3://bucket/rel", catalog="sqlite:///cat.db", storage_options=s3_bucket).close()
+    monkeypatch.chdir(tmp_path.parent)  # another working directory
+    repo = snapref.connect("s3://bucket/rel", storage_options=s3_bucket)
+    assert repo.db.url == f"sqlite:///{tmp_path}/cat.db"
+    assert repo.datasets() == []
