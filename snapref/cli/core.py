@@ -1,5 +1,5 @@
 """The core commands: init, import, checkout, commit, log, show, tag, branch,
-datasets, allow-source."""
+allow-source."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import click
 
 import snapref
 from snapref.catalog import BRANCH, TAG
-from snapref.catalog.sql import format_time
 from snapref.cli._common import (
     Context,
     author_option,
@@ -369,36 +368,6 @@ def _ref_command(
         emit_json({"name": new, "kind": kind, "version": snap.version, "id": snap.id})
     else:
         click.echo(f"Created {kind} {new} at {name} version {snap.version} ({snap.id[:12]})")
-
-
-@cli.command()
-@json_option
-@pass_ctx
-@handle_errors
-def datasets(obj: Context, as_json: bool) -> None:
-    """List the datasets of the repository.
-
-    \b
-    Example:
-        snapref datasets --json
-    """
-    repo = obj.repo()
-    rows = []
-    for name in repo.datasets():
-        head = repo.head(name)
-        rows.append(
-            {
-                "name": name,
-                "version": head.version,
-                "id": head.id,
-                "timestamp": format_time(head.timestamp),
-            }
-        )
-    if as_json:
-        emit_json(rows)
-        return
-    for row in rows:
-        click.echo(f"{row['name']}\tversion {row['version']}\t{row['timestamp']}")
 
 
 @cli.command("allow-source")
