@@ -19,16 +19,24 @@ def run(rec: Recorder, quick: bool) -> None:
         _icechunk(rec, case, d, n, repeats)
 
 
-def _snapref(rec: Recorder, case: str, d: Path, n: int, repeats: int) -> None:
+def snapref_history(url: str, n: int) -> None:
+    """A snapref repository at ``url`` whose dataset ``a`` has ``n`` versions on
+    ``main``, each a real commit that rewrites chunk ``v/0``."""
     import snapref
 
-    url = str(d / "snapref")
     repo = snapref.init(url)
     repo.import_references("a", _tiny_refs(), message="import")
     for i in range(1, n):
         with repo.transaction("a", message=f"commit {i}") as tx:
             tx.fs.pipe_file("v/0", np.uint16(i % 60000 + 1).tobytes())
     repo.close()
+
+
+def _snapref(rec: Recorder, case: str, d: Path, n: int, repeats: int) -> None:
+    import snapref
+
+    url = str(d / "snapref")
+    snapref_history(url, n)
     times = []
     for _ in range(repeats):
         t, history = timed(lambda: snapref.connect(url).log("a"))

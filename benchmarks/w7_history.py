@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zarr
 
 from benchmarks.common import (
@@ -22,7 +21,7 @@ from benchmarks.common import (
     virtual_refs,
     workdir,
 )
-from benchmarks.w6_log import _tiny_refs
+from benchmarks.w6_log import snapref_history
 
 CHANGED = 10
 
@@ -106,12 +105,7 @@ def _snapref_blame(rec: Recorder, case: str, d: Path, n: int, repeats: int) -> N
     import snapref
 
     url = str(d / "blame")
-    repo = snapref.init(url)
-    repo.import_references("a", _tiny_refs(), message="import")
-    for i in range(1, n):
-        with repo.transaction("a", message=f"commit {i}") as tx:
-            tx.fs.pipe_file("v/0", np.uint16(i % 60000 + 1).tobytes())
-    repo.close()
+    snapref_history(url, n)
     times = []
     for _ in range(repeats):
         t, lines = timed(lambda: snapref.connect(url).blame("a", "v", [0]))
