@@ -54,7 +54,9 @@ __all__ = [
     "ManifestWriter",
     "ObjectRef",
     "Ref",
+    "SectionWriter",
     "VirtualRef",
+    "chunk_table",
 ]
 
 #: Upper bound of references per shard. A commit of one chunk rewrites one shard of at
@@ -468,13 +470,27 @@ class ManifestWriter:
         self.base = base
         self.max_refs = max_refs
 
-    def write(self, changes: Mapping[str, Ref | None]) -> WriteResult:
+    def write(
+        self,
+        changes: Mapping[str, Ref | None],
+        prebuilt: Mapping[str, list[ShardInfo]] | None = None,
+    ) -> WriteResult:
         """Apply ``changes`` (``None`` deletes a key) and store the result.
+
+        ``prebuilt`` adds array sections whose shards a :class:`SectionWriter` stored
+        already (bulk imports); their arrays must be new.
 
         Returns the new manifest; writes nothing when the result equals the base.
         """
         base = self.base
         arrays = _arrays_after(base, changes)
+        for name in prebuilt or {}:
+            array = name[len("array:") :]
+            if array not in arrays or name in base.sections:
+                raise InvalidReferenceError(
+                    f"Chunks of {array!r} were written in bulk, but {array!r} is not a new "
+                    "array of this version (its .zarray or zarr.json is missing)"
+                )
         by_section, sort_keys = _changes_by_section(base, arrays, changes)
         sections = {name: list(infos) for name, infos in base.sections.items()}
         for array in base.arrays - arrays:
@@ -486,6 +502,7 @@ class ManifestWriter:
             )
             if not sections[name]:
                 del sections[name]
+        sections.update({name: list(infos) for name, infos in (prebuilt or {}).items() if infos})
         doc = _manifest_doc(arrays, sections)
         data = ujson.dumps(doc, sort_keys=True, ensure_ascii=False).encode()
         digest = content_hash(data)
@@ -548,6 +565,92 @@ class ManifestWriter:
                     SHARD_CACHE.put(digest, Shard(piece))
                     tick(1)
         return result
+
+
+class SectionWriter:
+    """Writes one array's chunk section from tables already in section order (chunk
+    grid order, as parquet reference records come), storing each shard as soon as it
+    is full: a bulk import holds at most one shard's worth of references in memory.
+
+    Feed it tables made by :func:`chunk_table`; :meth:`finish` returns the shards for
+    ``ManifestWriter.write(..., prebuilt={section: shards})``.
+    """
+
+    def __init__(self, warehouse: Warehouse, array: str, max_refs: int = MAX_SHARD_REFS) -> None:
+        self.section = _array_section(array)
+        self.max_refs = max_refs
+        self._shards = warehouse.content("shards", ".parquet")
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._last: tuple[Any, ...] | None = None
+        self.infos: list[ShardInfo] = []
+        self.count = 0
+        self.shards_written = 0
+        self.bytes_written = 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        first = _sort_key(self.section, table.column("key")[0].as_py())
+        if self._last is not None and first <= self._last:
+            raise InvalidReferenceError(
+                f"Bulk chunk references of {self.section[len('array:') :]!r} are not in "
+                "chunk-grid order"
+            )
+        self._last = _sort_key(self.section, table.column("key")[-1].as_py())
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.count += table.num_rows
+        if self._pending_rows >= self.max_refs:
+            self._flush(final=False)
+
+    def finish(self) -> list[ShardInfo]:
+        self._flush(final=True)
+        return self.infos
+
+    def _flush(self, final: bool) -> None:
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending).combine_chunks()
+        full = table.num_rows if final else table.num_rows - table.num_rows % self.max_refs
+        out: dict[str, bytes] = {}
+        for start in range(0, full, self.max_refs):
+            piece = table.slice(start, min(self.max_refs, full - start))
+            data = _encode(piece)
+            digest = content_hash(data)
+            out[digest] = data
+            keys = piece.column("key")
+            self.infos.append(ShardInfo(digest, piece.num_rows, keys[0].as_py(), keys[-1].as_py()))
+        rest = table.slice(full)
+        self._pending = [rest] if rest.num_rows else []
+        self._pending_rows = rest.num_rows
+        result = self._shards.put_many(out)
+        self.shards_written += result.written
+        self.bytes_written += result.bytes_written
+
+
+def chunk_table(
+    keys: list[str],
+    digests: list[str | None],
+    urls: list[str | None],
+    offsets: list[int | None],
+    lengths: list[int | None],
+) -> pa.Table:
+    """A shard-schema table of chunk references: objects where ``digests[i]`` is set
+    (``lengths[i]`` its size), else virtual (``offsets[i]`` None: the whole file)."""
+    kinds = [_OBJECT if d is not None else _VIRTUAL for d in digests]
+    return pa.table(
+        {
+            "key": keys,
+            "kind": kinds,
+            "data": pa.nulls(len(keys), pa.binary()),
+            "digest": digests,
+            "url": urls,
+            "offset": offsets,
+            "length": lengths,
+        },
+        schema=_SCHEMA,
+    )
 
 
 def _arrays_after(base: Manifest, changes: Mapping[str, Ref | None]) -> frozenset[str]:

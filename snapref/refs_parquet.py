@@ -35,12 +35,22 @@ import ujson
 from snapref import progress
 from snapref.errors import InvalidInputError, InvalidReferenceError
 from snapref.keys import chunk_coords, is_metadata_key, validate_key
-from snapref.manifest import META, InlineRef, Manifest, ObjectRef, VirtualRef
+from snapref.manifest import (
+    META,
+    InlineRef,
+    Manifest,
+    ObjectRef,
+    SectionWriter,
+    VirtualRef,
+    chunk_table,
+)
+from snapref.objects import content_hash
 from snapref.refs import Parsed, normalize_url
 
 if TYPE_CHECKING:
     from snapref.catalog import Snapshot
     from snapref.repository import Repository
+    from snapref.transaction import ChangeSet
 
 __all__ = [
     "DEFAULT_RECORD_SIZE",
@@ -168,6 +178,147 @@ def load_parquet_references(
             _read_record(fs, root, array, grid, record, record_size, folder, out)
             tick(1)
     return out
+
+
+def stream_parquet_import(
+    repo: Repository, url: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[ChangeSet, set[str]]:
+    """A new dataset's changes from the parquet reference set at ``url``, read record
+    by record with bounded memory: chunk references go straight into shards
+    (:class:`~snapref.manifest.SectionWriter`), inline chunk data into objects.
+
+    Returns the change set (metadata documents plus prebuilt array sections) and the
+    source prefixes its virtual references point into.
+    """
+    from snapref.refs import source_prefix
+    from snapref.transaction import ChangeSet
+
+    fs, root = _fs(url, storage_options)
+    metadata, record_size = _read_zmetadata(fs, root, url)
+    folder = None if "://" in url else posixpath.dirname(posixpath.abspath(root))
+    changes = ChangeSet()
+    for key, value in metadata.items():
+        validate_key(key)
+        changes.put_bytes(
+            key, ujson.dumps(value).encode() if not isinstance(value, str) else value.encode()
+        )
+    sources: set[str] = set()
+    objects = (0, 0)
+    shards = (0, 0)
+    arrays = _arrays(metadata)
+    total = sum(_n_records(grid, record_size) for grid in arrays.values())
+    with progress.bar(total, "Reading parquet references") as tick:
+        for array, grid in sorted(arrays.items()):
+            writer = SectionWriter(repo.warehouse, array)
+            for record in range(_n_records(grid, record_size)):
+                table, urls, written = _record_table(
+                    repo, fs, root, array, grid, record, record_size, folder
+                )
+                if table is not None:
+                    writer.add(table)
+                sources.update(source_prefix(u) for u in urls)
+                objects = (objects[0] + written[0], objects[1] + written[1])
+                tick(1)
+            infos = writer.finish()
+            if infos:
+                changes.sections[writer.section] = infos
+            shards = (shards[0] + writer.shards_written, shards[1] + writer.bytes_written)
+    changes.staged_written = objects
+    changes.sections_written = shards
+    return changes, sources
+
+
+def _read_zmetadata(fs: Any, root: str, url: str) -> tuple[dict[str, Any], int]:
+    try:
+        doc = ujson.loads(fs.cat_file(f"{root}/{ZMETADATA}"))
+        record_size = int(doc["record_size"])
+        metadata: dict[str, Any] = dict(doc["metadata"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidReferenceError(
+            f"{url!r} is not a parquet reference set: it needs a {ZMETADATA} file with "
+            f"'metadata' and 'record_size' ({exc})"
+        ) from exc
+    if record_size <= 0:
+        raise InvalidReferenceError(f"{url!r}: record_size must be positive, not {record_size}")
+    return metadata, record_size
+
+
+def _record_table(
+    repo: Repository,
+    fs: Any,
+    root: str,
+    array: str,
+    grid: tuple[int, ...],
+    record: int,
+    record_size: int,
+    folder: str | None,
+) -> tuple[pa.Table | None, set[str], tuple[int, int]]:
+    """One record as a shard-schema table in chunk order, the URLs it references, and
+    the (objects, bytes) its inline chunks added to the warehouse."""
+    path = f"{root}/{array}/refs.{record}.parq" if array else f"{root}/refs.{record}.parq"
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return None, set(), (0, 0)  # fsspec reads a missing record as missing chunks
+    try:
+        table = pq.ParquetFile(pa.BufferReader(data)).read()
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidReferenceError(f"{path} is not a readable parquet file ({exc})") from exc
+    n = table.num_rows
+    start = record * record_size
+    stop = min(start + n, math.prod(grid))
+    if stop <= start:
+        return None, set(), (0, 0)
+    n = stop - start
+
+    def column(name: str, default: Any) -> list[Any]:
+        if name in table.column_names:
+            return list(table.column(name).slice(0, n).to_pylist())
+        return [default] * n
+
+    paths, offsets, sizes, raws = (
+        column("path", None),
+        column("offset", 0),
+        column("size", 0),
+        column("raw", None),
+    )
+    coords = np.unravel_index(np.arange(start, stop), grid)
+    prefix = f"{array}/" if array else ""
+    names = [
+        prefix + ".".join(map(str, c)) for c in zip(*(a.tolist() for a in coords), strict=True)
+    ]
+    normalized = {u: normalize_url(u, folder) for u in set(paths) if u is not None}
+    inline = {i: bytes(raws[i]) for i in range(n) if raws[i] is not None}
+    put = repo.objects.put_many({content_hash(b): b for b in inline.values()})
+    keys: list[str] = []
+    digests: list[str | None] = []
+    urls: list[str | None] = []
+    offs: list[int | None] = []
+    lengths: list[int | None] = []
+    for i in range(n):
+        if i in inline:
+            b = inline[i]
+            keys.append(names[i])
+            digests.append(content_hash(b))
+            urls.append(None)
+            offs.append(None)
+            lengths.append(len(b))
+        elif paths[i] is not None:
+            off, size = offsets[i] or 0, sizes[i] or 0
+            whole = off == 0 and size == 0
+            keys.append(names[i])
+            digests.append(None)
+            urls.append(normalized[paths[i]])
+            offs.append(None if whole else int(off))
+            lengths.append(None if whole else int(size))
+    return (
+        chunk_table(keys, digests, urls, offs, lengths),
+        set(normalized.values()),
+        (
+            put.written,
+            put.bytes_written,
+        ),
+    )
 
 
 def _same_json(data: bytes, value: Any) -> bool:

@@ -42,6 +42,7 @@ from snapref.refs_parquet import (
     DEFAULT_RECORD_SIZE,
     is_parquet_references,
     load_parquet_references,
+    stream_parquet_import,
     write_parquet_references,
 )
 from snapref.refs_parquet import RECORD_FILE as PARQUET_RECORD_FILE
@@ -312,15 +313,18 @@ class Repository:
                 f"A dataset named {name!r} exists already; commit a new version with "
                 "'snapref commit' or choose another name"
             )
-        parsed = self._parse(refs, storage_options)
-        changeset = ChangeSet()
         sources: set[str] = set()
-        for key, value in parsed.items():
-            if isinstance(value, VirtualRef):
-                changeset.changes[key] = value
-                sources.add(source_prefix(value.url))
-            else:
-                changeset.put_bytes(key, value)
+        if isinstance(refs, str) and is_parquet_references(refs, storage_options):
+            # record by record into shards: memory stays bounded however many references
+            changeset, sources = stream_parquet_import(self, refs, storage_options)
+        else:
+            changeset = ChangeSet()
+            for key, value in self._parse(refs, storage_options).items():
+                if isinstance(value, VirtualRef):
+                    changeset.changes[key] = value
+                    sources.add(source_prefix(value.url))
+                else:
+                    changeset.put_bytes(key, value)
         snap = commit_changes(
             self,
             name,

@@ -23,7 +23,15 @@ from snapref.catalog import Snapshot
 from snapref.errors import ConflictError, TransactionClosedError
 from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
 from snapref.keys import is_metadata_key
-from snapref.manifest import InlineRef, Manifest, ManifestWriter, ObjectRef, Ref, VirtualRef
+from snapref.manifest import (
+    InlineRef,
+    Manifest,
+    ManifestWriter,
+    ObjectRef,
+    Ref,
+    ShardInfo,
+    VirtualRef,
+)
 from snapref.objects import content_hash
 
 if TYPE_CHECKING:
@@ -44,6 +52,10 @@ class ChangeSet:
     objects: dict[str, bytes] = field(default_factory=dict)
     #: objects (count, bytes) already stored while staging, for the summary
     staged_written: tuple[int, int] = (0, 0)
+    #: array sections written in bulk by SectionWriters (new arrays only), and the
+    #: (shards, bytes) those wrote
+    sections: dict[str, list[ShardInfo]] = field(default_factory=dict)
+    sections_written: tuple[int, int] = (0, 0)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Stage ``data`` at ``key``: inline for zarr metadata, an object otherwise."""
@@ -66,7 +78,11 @@ class ChangeSet:
             real = {k: r for k, r in self.changes.items() if base.get(k) != r}
         needed = {r.digest for r in real.values() if isinstance(r, ObjectRef)}
         return ChangeSet(
-            real, {d: b for d, b in self.objects.items() if d in needed}, self.staged_written
+            real,
+            {d: b for d, b in self.objects.items() if d in needed},
+            self.staged_written,
+            self.sections,
+            self.sections_written,
         )
 
     def virtual_refs(self) -> Iterable[tuple[str, VirtualRef]]:
@@ -106,7 +122,7 @@ def commit_changes(
     from snapref import __version__
 
     changeset = changeset.without_noops(base)
-    if parent is not None and not changeset.changes:
+    if parent is not None and not changeset.changes and not changeset.sections:
         return None
     new_sources = list(new_sources)
     policy = repo._policy(dataset if parent is not None else None, [*allow_sources, *new_sources])
@@ -114,12 +130,16 @@ def commit_changes(
         policy.check(key, ref.url)
 
     written = repo.objects.put_many(changeset.objects)
-    result = ManifestWriter(base).write(changeset.changes)
+    result = ManifestWriter(base).write(changeset.changes, changeset.sections)
     ops, summary = _summarize(base, changeset.changes)
+    summary["chunks_added"] += sum(s.count for infos in changeset.sections.values() for s in infos)
     staged_objects, staged_bytes = changeset.staged_written
-    summary["bytes_written"] = written.bytes_written + result.bytes_written + staged_bytes
+    bulk_shards, bulk_bytes = changeset.sections_written
+    summary["bytes_written"] = (
+        written.bytes_written + result.bytes_written + staged_bytes + bulk_bytes
+    )
     summary["objects_written"] = written.written + staged_objects
-    summary["shards_written"] = result.shards_written
+    summary["shards_written"] = result.shards_written + bulk_shards
     row = {
         "manifest": result.manifest.digest or "",
         "parents": [parent.id, *merged_parents] if parent else [],

@@ -206,3 +206,78 @@ def test_a_large_set_imports_lazily_written_records(
     v = snapref.open(repo, "big")["v"]
     assert v[123, 234] == 123 * side + 234
     assert v[side - 1, side - 1] == (side * side - 1) % 2**16  # the blob wraps at uint16
+
+
+def test_a_parquet_import_streams_into_the_same_manifest_as_parsing_it(
+    repo: snapref.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bulk path (records -> shards, bounded memory) stores exactly what the
+    key-by-key parse describes: virtual ranges, whole files, inline chunks as objects,
+    missing chunks absent; shards cut at MAX_SHARD_REFS."""
+    import snapref.manifest as manifest_module
+    from snapref.manifest import InlineRef, ObjectRef, SectionWriter
+    from snapref.objects import content_hash
+    from snapref.refs_parquet import load_parquet_references
+
+    monkeypatch.setattr(SectionWriter.__init__, "__defaults__", (3,))  # tiny shards
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(40)))
+    root = tmp_path / "mixed.parq"
+    (root / "v").mkdir(parents=True)
+    zarray = {
+        "zarr_format": 2,
+        "shape": [4, 5],
+        "chunks": [1, 1],
+        "dtype": "|u1",
+        "compressor": None,
+        "fill_value": 0,
+        "order": "C",
+        "filters": None,
+    }
+    meta = {"metadata": {".zgroup": {"zarr_format": 2}, "v/.zarray": zarray}, "record_size": 7}
+    (root / ".zmetadata").write_text(json.dumps(meta))
+    for r in range(3):  # 20 chunks in records of 7, 7, 6
+        k = list(range(r * 7, min((r + 1) * 7, 20)))
+        paths = [None if i in (3, 11) else str(blob) for i in k]  # 3: inline, 11: missing
+        raws = [b"\x07" if i == 3 else None for i in k]
+        offsets = [0 if i == 19 else i for i in k]  # 19: the whole file
+        sizes = [0 if i == 19 else 1 for i in k]
+        pq.write_table(
+            pa.table(
+                {
+                    "path": paths,
+                    "offset": offsets,
+                    "size": sizes,
+                    "raw": pa.array(raws, pa.binary()),
+                }
+            ),
+            root / "v" / f"refs.{r}.parq",
+        )
+    snap = repo.import_references("mixed", str(root))
+    manifest = repo.manifest(snap)
+    assert snap.summary["chunks_added"] == 19
+    assert len(manifest.sections["array:v"]) == 7  # 19 references, 3 per shard
+    expected = {}
+    for key, value in load_parquet_references(str(root)).items():
+        if isinstance(value, bytes):
+            is_meta = key.endswith((".zarray", ".zgroup"))
+            expected[key] = (
+                InlineRef(value) if is_meta else ObjectRef(content_hash(value), len(value))
+            )
+        else:
+            expected[key] = value
+    assert dict(manifest.items()) == expected
+    v = snapref.open(repo, "mixed")["v"]
+    assert v[0, 3] == 7  # the inline chunk, now an object
+    assert v[2, 1] == 0  # the missing chunk reads as the fill value
+    assert v[1, 2] == 7  # chunk 7 is byte 7 of the blob
+    assert manifest_module.MAX_SHARD_REFS == 5000  # the patch touched only the writer
+
+
+def test_bulk_sections_must_come_in_chunk_order(repo: snapref.Repository) -> None:
+    from snapref.manifest import SectionWriter, chunk_table
+
+    writer = SectionWriter(repo.warehouse, "v")
+    writer.add(chunk_table(["v/1.0"], [None], ["file:///x"], [0], [1]))
+    with pytest.raises(snapref.InvalidReferenceError, match="not in chunk-grid order"):
+        writer.add(chunk_table(["v/0.5"], [None], ["file:///x"], [0], [1]))
