@@ -148,17 +148,7 @@ def load_parquet_references(
         If ``.zmetadata`` or a record file is malformed.
     """
     fs, root = _fs(url, storage_options)
-    try:
-        doc = ujson.loads(fs.cat_file(f"{root}/{ZMETADATA}"))
-        record_size = int(doc["record_size"])
-        metadata: dict[str, Any] = dict(doc["metadata"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidReferenceError(
-            f"{url!r} is not a parquet reference set: it needs a {ZMETADATA} file with "
-            f"'metadata' and 'record_size' ({exc})"
-        ) from exc
-    if record_size <= 0:
-        raise InvalidReferenceError(f"{url!r}: record_size must be positive, not {record_size}")
+    metadata, record_size = _read_zmetadata(fs, root, url)
     folder = None if "://" in url else posixpath.dirname(posixpath.abspath(root))
     out: dict[str, Parsed] = {}
     for key, value in metadata.items():
@@ -255,70 +245,35 @@ def _record_table(
 ) -> tuple[pa.Table | None, set[str], tuple[int, int]]:
     """One record as a shard-schema table in chunk order, the URLs it references, and
     the (objects, bytes) its inline chunks added to the warehouse."""
-    path = f"{root}/{array}/refs.{record}.parq" if array else f"{root}/refs.{record}.parq"
-    try:
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        return None, set(), (0, 0)  # fsspec reads a missing record as missing chunks
-    try:
-        table = pq.ParquetFile(pa.BufferReader(data)).read()
-    except (pa.ArrowException, OSError) as exc:
-        raise InvalidReferenceError(f"{path} is not a readable parquet file ({exc})") from exc
-    n = table.num_rows
-    start = record * record_size
-    stop = min(start + n, math.prod(grid))
-    if stop <= start:
+    rows = _record_rows(fs, root, array, grid, record, record_size)
+    if rows is None:
         return None, set(), (0, 0)
-    n = stop - start
-
-    def column(name: str, default: Any) -> list[Any]:
-        if name in table.column_names:
-            return list(table.column(name).slice(0, n).to_pylist())
-        return [default] * n
-
-    paths, offsets, sizes, raws = (
-        column("path", None),
-        column("offset", 0),
-        column("size", 0),
-        column("raw", None),
-    )
-    coords = np.unravel_index(np.arange(start, stop), grid)
-    prefix = f"{array}/" if array else ""
-    names = [
-        prefix + ".".join(map(str, c)) for c in zip(*(a.tolist() for a in coords), strict=True)
-    ]
+    names, paths, offsets, sizes, raws = rows
     normalized = {u: normalize_url(u, folder) for u in set(paths) if u is not None}
-    inline = {i: bytes(raws[i]) for i in range(n) if raws[i] is not None}
-    put = repo.objects.put_many({content_hash(b): b for b in inline.values()})
+    inline = {i: (content_hash(r), bytes(r)) for i, r in enumerate(raws) if r is not None}
+    put = repo.objects.put_many(dict(inline.values()))
     keys: list[str] = []
     digests: list[str | None] = []
     urls: list[str | None] = []
     offs: list[int | None] = []
     lengths: list[int | None] = []
-    for i in range(n):
+    for i, name in enumerate(names):
         if i in inline:
-            b = inline[i]
-            keys.append(names[i])
-            digests.append(content_hash(b))
+            keys.append(name)
+            digests.append(inline[i][0])
             urls.append(None)
             offs.append(None)
-            lengths.append(len(b))
+            lengths.append(len(inline[i][1]))
         elif paths[i] is not None:
             off, size = offsets[i] or 0, sizes[i] or 0
             whole = off == 0 and size == 0
-            keys.append(names[i])
+            keys.append(name)
             digests.append(None)
             urls.append(normalized[paths[i]])
             offs.append(None if whole else int(off))
             lengths.append(None if whole else int(size))
-    return (
-        chunk_table(keys, digests, urls, offs, lengths),
-        set(normalized.values()),
-        (
-            put.written,
-            put.bytes_written,
-        ),
-    )
+    table = chunk_table(keys, digests, urls, offs, lengths)
+    return table, set(normalized.values()), (put.written, put.bytes_written)
 
 
 def _same_json(data: bytes, value: Any) -> bool:
@@ -353,6 +308,38 @@ def _n_records(grid: tuple[int, ...], record_size: int) -> int:
     return math.ceil(math.prod(grid) / record_size)
 
 
+def _record_rows(
+    fs: Any, root: str, array: str, grid: tuple[int, ...], record: int, record_size: int
+) -> tuple[list[str], list[Any], list[Any], list[Any], list[Any]] | None:
+    """The keys of one record file in chunk order, with its path, offset, size and raw
+    columns; None for a missing record (fsspec reads those as missing chunks)."""
+    path = f"{root}/{array}/refs.{record}.parq" if array else f"{root}/refs.{record}.parq"
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    try:
+        # ParquetFile, not read_table: read_table loads pyarrow.dataset and pandas
+        table = pq.ParquetFile(pa.BufferReader(data)).read()
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidReferenceError(f"{path} is not a readable parquet file ({exc})") from exc
+    start = record * record_size
+    stop = min(start + table.num_rows, math.prod(grid))
+    if stop <= start:
+        return None
+    n = stop - start
+
+    def column(name: str, default: Any) -> list[Any]:
+        if name in table.column_names:
+            return list(table.column(name).slice(0, n).to_pylist())
+        return [default] * n
+
+    coords = np.unravel_index(np.arange(start, stop), grid)
+    prefix = f"{array}/" if array else ""
+    keys = [prefix + ".".join(map(str, c)) for c in zip(*(a.tolist() for a in coords), strict=True)]
+    return keys, column("path", None), column("offset", 0), column("size", 0), column("raw", None)
+
+
 def _read_record(
     fs: Any,
     root: str,
@@ -363,39 +350,19 @@ def _read_record(
     folder: str | None,
     out: dict[str, Parsed],
 ) -> None:
-    path = f"{root}/{array}/refs.{record}.parq" if array else f"{root}/refs.{record}.parq"
-    try:
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        return  # fsspec reads a missing record as missing chunks (fill values)
-    try:
-        table = pq.read_table(io.BytesIO(data))
-    except (pa.ArrowException, OSError) as exc:
-        raise InvalidReferenceError(f"{path} is not a readable parquet file ({exc})") from exc
-    cols = {name: table.column(name).to_pylist() for name in table.column_names}
-    n = table.num_rows
-    paths = cols.get("path", [None] * n)
-    offsets = cols.get("offset", [0] * n)
-    sizes = cols.get("size", [0] * n)
-    raws = cols.get("raw", [None] * n)
-    start = record * record_size
-    stop = min(start + n, math.prod(grid))
-    if stop <= start:
+    rows = _record_rows(fs, root, array, grid, record, record_size)
+    if rows is None:
         return
-    coords = np.unravel_index(np.arange(start, stop), grid)
-    names = [".".join(map(str, c)) for c in zip(*(a.tolist() for a in coords), strict=True)]
-    prefix = f"{array}/" if array else ""
-    for i, name in enumerate(names):
-        raw, url = raws[i], paths[i]
+    for key, url, offset, size, raw in zip(*rows, strict=True):
         if raw is not None:
-            out[prefix + name] = bytes(raw)
+            out[key] = bytes(raw)
         elif url is not None:
             full = normalize_url(url, folder)
-            offset, size = offsets[i] or 0, sizes[i] or 0
+            offset, size = offset or 0, size or 0
             if offset == 0 and size == 0:
-                out[prefix + name] = VirtualRef(full)
+                out[key] = VirtualRef(full)
             else:
-                out[prefix + name] = VirtualRef(full, int(offset), int(size))
+                out[key] = VirtualRef(full, int(offset), int(size))
 
 
 # -- writing -------------------------------------------------------------------------------
