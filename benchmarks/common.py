@@ -227,3 +227,29 @@ def icechunk_creds(source_dir: Path | None) -> Any:
     return ic.containers_credentials(
         {f"file://{source_dir}/": ic.credentials.LocalFileSystemAccess}
     )
+
+
+def icechunk_virtual_import(
+    path: Path, source_dir: Path, side: int, split: bool
+) -> tuple[Any, str]:
+    """The Icechunk twin of :func:`virtual_refs`: a new repository at ``path`` whose
+    array ``v`` has side x side virtual chunks into ``source_dir/blob.bin``, committed.
+    Returns the repository and the snapshot id of that first commit."""
+    ic = quiet_icechunk()
+    repo = icechunk_repo(path, source_dir, split)
+    s = repo.writable_session("main")
+    import zarr
+
+    zarr.group(s.store).create_array(
+        "v", shape=(side, side), chunks=(1, 1), dtype="<u2", fill_value=0, compressors=None
+    )
+    url = f"file://{source_dir / 'blob.bin'}"
+    s.store.set_virtual_refs(
+        "v",
+        [
+            ic.VirtualChunkSpec(index=[i, j], location=url, offset=2 * (i * side + j), length=2)
+            for i in range(side)
+            for j in range(side)
+        ],
+    )
+    return repo, s.commit("import")

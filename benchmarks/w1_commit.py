@@ -15,7 +15,7 @@ import zarr
 
 from benchmarks.common import (
     Recorder,
-    icechunk_repo,
+    icechunk_virtual_import,
     stored,
     timed,
     tree_size,
@@ -67,23 +67,9 @@ def _snapref(rec: Recorder, case: str, d: Path, refs: dict[str, Any], repeats: i
 
 
 def _icechunk(rec: Recorder, case: str, d: Path, side: int, repeats: int, split: bool) -> None:
-    import icechunk as ic
 
     path = d / ("ice-split" if split else "ice")
-    repo = icechunk_repo(path, d, split)
-    s = repo.writable_session("main")
-    g = zarr.group(s.store)
-    g.create_array(
-        "v", shape=(side, side), chunks=(1, 1), dtype="<u2", fill_value=0, compressors=None
-    )
-    url = f"file://{d / 'blob.bin'}"
-    specs = [
-        ic.VirtualChunkSpec(index=[i, j], location=url, offset=2 * (i * side + j), length=2)
-        for i in range(side)
-        for j in range(side)
-    ]
-    s.store.set_virtual_refs("v", specs)
-    s.commit("import")
+    repo, _ = icechunk_virtual_import(path, d, side, split)
     times, sizes = [], []
     for r in range(repeats):
         before = tree_size(path)

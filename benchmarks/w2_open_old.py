@@ -16,7 +16,7 @@ from benchmarks.common import (
     Recorder,
     icechunk_config,
     icechunk_creds,
-    icechunk_repo,
+    icechunk_virtual_import,
     quiet_icechunk,
     run_child,
     timed,
@@ -122,21 +122,7 @@ def _icechunk(
 ) -> None:
     ic = quiet_icechunk()
     path = d / ("ice-split" if split else "ice")
-    repo = icechunk_repo(path, d, split)
-    s = repo.writable_session("main")
-    zarr.group(s.store).create_array(
-        "v", shape=(side, side), chunks=(1, 1), dtype="<u2", fill_value=0, compressors=None
-    )
-    url = f"file://{d / 'blob.bin'}"
-    s.store.set_virtual_refs(
-        "v",
-        [
-            ic.VirtualChunkSpec(index=[i, j], location=url, offset=2 * (i * side + j), length=2)
-            for i in range(side)
-            for j in range(side)
-        ],
-    )
-    first = s.commit("import")
+    repo, first = icechunk_virtual_import(path, d, side, split)
     for i in range(1, versions):
         s = repo.writable_session("main")
         zarr.open_array(s.store, path="v")[i % 100, 0] = 60000
