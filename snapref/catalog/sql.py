@@ -631,17 +631,7 @@ class Catalog:
             If the branch moved meanwhile; nothing changes.
         """
         with self._write() as conn:
-            updated = conn.execute(
-                sa.update(t.refs)
-                .where(
-                    t.refs.c.dataset == dataset,
-                    t.refs.c.name == branch,
-                    t.refs.c.kind == BRANCH,
-                    t.refs.c.snapshot_id == expected,
-                )
-                .values(snapshot_id=new)
-            )
-            if updated.rowcount != 1:
+            if not _swap_head(conn, dataset, branch, expected, new):
                 raise ConflictError(
                     f"Branch {branch!r} of dataset {dataset!r} moved meanwhile (it no "
                     f"longer points at {expected[:12]}); nothing changed. Look at "
@@ -799,17 +789,7 @@ class Catalog:
                         or 0
                     ) + 1
                     row = self._insert_snapshot(conn, dataset, version, snapshot, changes)
-                    updated = conn.execute(
-                        sa.update(t.refs)
-                        .where(
-                            t.refs.c.dataset == dataset,
-                            t.refs.c.name == branch,
-                            t.refs.c.kind == BRANCH,
-                            t.refs.c.snapshot_id == expected_parent,
-                        )
-                        .values(snapshot_id=row["id"])
-                    )
-                    if updated.rowcount != 1:
+                    if not _swap_head(conn, dataset, branch, expected_parent, row["id"]):
                         raise _Moved()
                     self._add_sources(conn, dataset, sources)
                     self._log_ref(
@@ -897,6 +877,22 @@ def _walk(by_id: Mapping[str, Any], head: str, parents_column: int) -> list[str]
         # the JSON list written by _insert_snapshot: '["<32 hex>", ...]' or '[]'
         current = parents[2:34] if len(parents) >= 36 else None
     return out
+
+
+def _swap_head(conn: Connection, dataset: str, branch: str, expected: str, new: str) -> bool:
+    """The compare-and-swap of invariant 2: move ``branch`` to ``new`` only if it still
+    points at ``expected``. False when another writer moved it first."""
+    updated = conn.execute(
+        sa.update(t.refs)
+        .where(
+            t.refs.c.dataset == dataset,
+            t.refs.c.name == branch,
+            t.refs.c.kind == BRANCH,
+            t.refs.c.snapshot_id == expected,
+        )
+        .values(snapshot_id=new)
+    )
+    return updated.rowcount == 1
 
 
 class _Moved(Exception):
