@@ -207,7 +207,12 @@ class Repository:
 
     def log(self, name: str, branch: str | None = None) -> list[Snapshot]:
         """The versions of ``branch`` (default ``main``), newest first."""
-        return self.db.ancestry(self.head(name, branch or MAIN_BRANCH).id)
+        branch = branch or MAIN_BRANCH
+        ref = self.db.ref(name, branch)
+        if ref is None or ref.kind != BRANCH:
+            self.head(name, branch)  # raises the error that names what exists
+        assert ref is not None
+        return self.db.ancestry(ref.snapshot_id, dataset=name)
 
     def refs(self, name: str) -> list[RefRecord]:
         """Branches and tags of dataset ``name``."""

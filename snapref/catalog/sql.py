@@ -58,6 +58,12 @@ def format_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: The columns ``snapref log`` shows, in the order a :class:`Snapshot` keeps them.
+SHOWN_COLUMNS = ("id", "version", "parents", "branch", "timestamp", "author", "message")
+#: The other columns of a snapshot row; a log reads them only when one entry needs them.
+REST_COLUMNS = ("dataset", "manifest", "snapref_version", "properties", "summary")
+
+
 class Snapshot:
     """One immutable version of a dataset, with its provenance.
 
@@ -65,79 +71,63 @@ class Snapshot:
     the manifest list), ``parents`` (ids), ``branch``, ``timestamp`` (UTC datetime),
     ``author``, ``message``, ``snapref_version``, ``properties``, ``summary``.
 
-    Made from a catalog row. The JSON fields and the time are decoded when first
-    read, so a log of 10,000 versions costs little more than fetching its rows.
-    Two snapshots are equal when their ids are.
+    Made from a catalog row in two parts: ``shown`` holds the :data:`SHOWN_COLUMNS`,
+    ``rest`` the :data:`REST_COLUMNS` or, in a log, a :class:`_Deferred` that reads
+    them for every entry of the log at once when the first one asks. The JSON fields
+    and the time are decoded when first read, so a log of 10,000 versions costs
+    little more than fetching the columns it shows. Two snapshots are equal when
+    their ids are.
     """
 
-    __slots__ = ("_decoded", "_deferred", "_row")
+    __slots__ = ("_decoded", "_rest", "_shown")
 
-    def __init__(self, row: tuple[Any, ...], deferred: _Deferred | None = None) -> None:
-        #: the ``snapshots`` row in column order (see catalog/schema.py), or with
-        #: ``deferred``: the shown columns id, version, parents, branch, timestamp,
-        #: author, message, the rest read through ``deferred`` when first needed
-        self._row = row if deferred is None else _from_shown(row)
-        self._deferred = deferred
+    def __init__(self, shown: tuple[Any, ...], rest: tuple[Any, ...] | _Deferred) -> None:
+        self._shown = shown
+        self._rest = rest
         self._decoded: dict[str, Any] | None = None  # made on first use: logs are long
 
-    def _full(self) -> tuple[Any, ...]:
-        if self._deferred is not None:
-            dataset, manifest, version, props, summary = self._deferred.rest(self._row[0])
-            r = self._row
-            self._row = (
-                r[0],
-                dataset,
-                r[2],
-                manifest,
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                version,
-                props,
-                summary,
-            )
-            self._deferred = None
-        return self._row
+    def _rest_columns(self) -> tuple[Any, ...]:
+        if isinstance(self._rest, _Deferred):
+            self._rest = self._rest.rest(self._shown[0])
+        return self._rest
 
-    def _json(self, name: str, column: int) -> Any:
+    def _json(self, name: str, text: str) -> Any:
         if self._decoded is None:
             self._decoded = {}
         try:
             return self._decoded[name]
         except KeyError:
-            value = self._decoded[name] = ujson.loads(self._full()[column])
+            value = self._decoded[name] = ujson.loads(text)
             return value
 
-    id = property(lambda self: self._row[0], doc="Unique id (32 hex digits).")
-    dataset = property(lambda self: self._full()[1], doc="Name of the dataset.")
-    version = property(lambda self: int(self._row[2]), doc="1, 2, 3... per dataset.")
-    manifest = property(lambda self: self._full()[3], doc="Digest of the manifest list.")
-    branch = property(lambda self: self._row[5], doc="Branch it was committed to.")
-    author = property(lambda self: self._row[7])
-    message = property(lambda self: self._row[8])
-    snapref_version = property(lambda self: self._full()[9])
+    id = property(lambda self: self._shown[0], doc="Unique id (32 hex digits).")
+    version = property(lambda self: int(self._shown[1]), doc="1, 2, 3... per dataset.")
+    branch = property(lambda self: self._shown[3], doc="Branch it was committed to.")
+    author = property(lambda self: self._shown[5])
+    message = property(lambda self: self._shown[6])
+    dataset = property(lambda self: self._rest_columns()[0], doc="Name of the dataset.")
+    manifest = property(lambda self: self._rest_columns()[1], doc="Digest of the manifest list.")
+    snapref_version = property(lambda self: self._rest_columns()[2])
 
     @property
     def parents(self) -> tuple[str, ...]:
         """Ids of the parent snapshots (two for a merge, none for the first)."""
-        return tuple(self._json("parents", 4))
+        return tuple(self._json("parents", self._shown[2]))
 
     @property
     def timestamp(self) -> datetime:
         """When it was committed (UTC)."""
-        return datetime.fromisoformat(self._row[6])
+        return datetime.fromisoformat(self._shown[4])
 
     @property
     def properties(self) -> dict[str, Any]:
         """User properties recorded with the commit."""
-        return dict(self._json("properties", 10))
+        return dict(self._json("properties", self._rest_columns()[3]))
 
     @property
     def summary(self) -> dict[str, int]:
         """chunks_added, chunks_modified, chunks_removed, bytes_written, ..."""
-        return dict(self._json("summary", 11))
+        return dict(self._json("summary", self._rest_columns()[4]))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Snapshot) and other.id == self.id
@@ -152,7 +142,7 @@ class Snapshot:
         )
 
     def __reduce__(self) -> Any:
-        return Snapshot, (self._full(),)
+        return Snapshot, (self._shown, self._rest_columns())
 
     def to_json(self) -> dict[str, Any]:
         """The fields of ``snapref log --json``."""
@@ -160,7 +150,7 @@ class Snapshot:
             "version": self.version,
             "id": self.id,
             "dataset": self.dataset,
-            "timestamp": self._row[6],
+            "timestamp": self._shown[4],
             "author": self.author,
             "message": self.message,
             "parents": list(self.parents),
@@ -217,47 +207,34 @@ class RefRecord:
     snapshot_id: str
 
 
-def _from_shown(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A full-width row from the shown columns, None where a column is deferred."""
-    sid, version, parents, branch, timestamp, author, message = row
-    return (sid, None, version, None, parents, branch, timestamp, author, message, None, None, None)
-
-
 class _Deferred:
-    """The columns a log does not show, read for all its entries on first need."""
+    """The :data:`REST_COLUMNS` of every snapshot of a log, read on first need."""
 
-    __slots__ = ("_catalog", "_head", "_rest")
+    __slots__ = ("_catalog", "_dataset", "_rest")
 
-    def __init__(self, catalog: Catalog, head: str) -> None:
+    def __init__(self, catalog: Catalog, dataset: Any) -> None:
         self._catalog = catalog
-        self._head = head
+        self._dataset = dataset  # a name, or the scalar subquery that finds it
         self._rest: dict[str, tuple[Any, ...]] | None = None
 
     def rest(self, snapshot_id: str) -> tuple[Any, ...]:
-        """(dataset, manifest, snapref_version, properties, summary) of a snapshot."""
         if self._rest is None:
             s = t.snapshots
-            dataset = sa.select(s.c.dataset).where(s.c.id == self._head).scalar_subquery()
-            cols = [
-                s.c.id,
-                s.c.dataset,
-                s.c.manifest,
-                s.c.snapref_version,
-                s.c.properties,
-                s.c.summary,
-            ]
+            cols = [s.c.id, *(s.c[n] for n in REST_COLUMNS)]
             with self._catalog._read() as conn:
-                rows = conn.execute(sa.select(*cols).where(s.c.dataset == dataset)).cursor
-                self._rest = {r[0]: tuple(r[1:]) for r in rows.fetchall()}
+                rows = conn.execute(sa.select(*cols).where(s.c.dataset == self._dataset))
+                self._rest = {r[0]: tuple(r[1:]) for r in rows.cursor.fetchall()}
         return self._rest[snapshot_id]
 
 
+#: a snapshot row's columns in the order :func:`_snapshot` expects
+_COLUMNS = [t.snapshots.c[n] for n in SHOWN_COLUMNS + REST_COLUMNS]
+
+
 def _snapshot(row: Any) -> Snapshot:
-    return Snapshot(tuple(row)[:12])
-
-
-def _snapshot_of_tuple(row: tuple[Any, ...]) -> Snapshot:
-    return Snapshot(row)
+    """A snapshot from a row selected with :data:`_COLUMNS`."""
+    n = len(SHOWN_COLUMNS)
+    return Snapshot(tuple(row[:n]), tuple(row[n:]))
 
 
 def new_snapshot_id() -> str:
@@ -450,7 +427,7 @@ class Catalog:
     def snapshot(self, snapshot_id: str) -> Snapshot:
         with self._read() as conn:
             row = conn.execute(
-                sa.select(t.snapshots).where(t.snapshots.c.id == snapshot_id)
+                sa.select(*_COLUMNS).where(t.snapshots.c.id == snapshot_id)
             ).one_or_none()
         if row is None:
             raise VersionNotFoundError(f"No snapshot with id {snapshot_id!r}")
@@ -459,7 +436,7 @@ class Catalog:
     def snapshot_by_version(self, dataset: str, version: int) -> Snapshot | None:
         with self._read() as conn:
             row = conn.execute(
-                sa.select(t.snapshots).where(
+                sa.select(*_COLUMNS).where(
                     t.snapshots.c.dataset == dataset, t.snapshots.c.version == version
                 )
             ).one_or_none()
@@ -468,7 +445,7 @@ class Catalog:
     def snapshots_by_id_prefix(self, dataset: str, prefix: str) -> list[Snapshot]:
         with self._read() as conn:
             rows = conn.execute(
-                sa.select(t.snapshots).where(
+                sa.select(*_COLUMNS).where(
                     t.snapshots.c.dataset == dataset,
                     t.snapshots.c.id.startswith(prefix, autoescape=True),
                 )
@@ -477,46 +454,40 @@ class Catalog:
 
     def all_snapshots(self, dataset: str) -> dict[str, Snapshot]:
         with self._read() as conn:
-            rows = conn.execute(
-                sa.select(t.snapshots).where(t.snapshots.c.dataset == dataset)
-            ).all()
+            rows = conn.execute(sa.select(*_COLUMNS).where(t.snapshots.c.dataset == dataset)).all()
         return {r.id: _snapshot(r) for r in rows}
 
-    def ancestry(self, head: str) -> list[Snapshot]:
+    def ancestry(self, head: str, dataset: str | None = None) -> list[Snapshot]:
         """``head`` and its first-parent ancestors, newest first.
 
-        One indexed query reads the dataset's rows; the walk over first parents runs
-        on the raw rows and decodes only the snapshots on the chain. (On SQLite this
-        is about twice as fast as a recursive query over ``snapshot_parents``.)
+        One indexed query reads the shown columns of the dataset's rows, newest
+        first, and :func:`_first_parent_chain` picks the chain out of them in one
+        pass. (On SQLite this is about twice as fast as a recursive query over
+        ``snapshot_parents``; fetching the rows is most of the cost.) ``dataset``,
+        the name of ``head``'s dataset if the caller knows it, saves a subquery.
         """
         s = t.snapshots
-        dataset = sa.select(s.c.dataset).where(s.c.id == head).scalar_subquery()
-        # the columns a log shows; the others are read for all entries at once if
-        # one entry is asked for them (_Deferred): fetching rows is most of the cost
-        shown = [s.c.id, s.c.version, s.c.parents, s.c.branch, s.c.timestamp, s.c.author]
-        with self._read() as conn:
-            # plain DB-API rows: SQLAlchemy's Row objects cost more than the query here
-            rows = conn.execute(
-                sa.select(*shown, s.c.message).where(s.c.dataset == dataset)
-            ).cursor.fetchall()
-        by_id = {r[0]: r for r in rows}
-        if head not in by_id:
-            raise VersionNotFoundError(f"No snapshot with id {head!r}")
-        deferred = _Deferred(self, head)
-        return [Snapshot(by_id[i], deferred) for i in _walk(by_id, head, 2)]
+        of_dataset = (
+            dataset
+            if dataset is not None
+            else sa.select(s.c.dataset).where(s.c.id == head).scalar_subquery()
+        )
+        query = sa.select(*(s.c[n] for n in SHOWN_COLUMNS)).where(s.c.dataset == of_dataset)
+        rows = self._rows_newest_first(query)
+        deferred = _Deferred(self, of_dataset)
+        return [Snapshot(r, deferred) for r in _first_parent_chain(rows, head, 0, 2)]
 
     def chain_ids(self, head: str) -> list[str]:
         """Ids of ``head`` and its first-parent ancestors, newest first (light rows)."""
         s = t.snapshots
         dataset = sa.select(s.c.dataset).where(s.c.id == head).scalar_subquery()
+        rows = self._rows_newest_first(sa.select(s.c.id, s.c.parents).where(s.c.dataset == dataset))
+        return [r[0] for r in _first_parent_chain(rows, head, 0, 1)]
+
+    def _rows_newest_first(self, query: sa.Select[Any]) -> list[tuple[Any, ...]]:
         with self._read() as conn:
-            rows = conn.execute(
-                sa.select(s.c.id, s.c.parents).where(s.c.dataset == dataset)
-            ).cursor.fetchall()
-        by_id = {r[0]: r for r in rows}
-        if head not in by_id:
-            raise VersionNotFoundError(f"No snapshot with id {head!r}")
-        return _walk(by_id, head, 1)
+            # plain DB-API rows: SQLAlchemy's Row objects cost more than the query here
+            return conn.execute(query.order_by(t.snapshots.c.version.desc())).cursor.fetchall()
 
     def ancestor_ids(self, head: str) -> set[str]:
         """``head`` and every snapshot reachable through any parent (one query)."""
@@ -867,15 +838,26 @@ class Catalog:
         return row
 
 
-def _walk(by_id: Mapping[str, Any], head: str, parents_column: int) -> list[str]:
-    """First-parent chain from ``head`` over raw rows keyed by id."""
+def _first_parent_chain(
+    rows: Iterable[tuple[Any, ...]], head: str, id_column: int, parents_column: int
+) -> list[tuple[Any, ...]]:
+    """The rows on the first-parent chain from ``head``, from rows newest first.
+
+    A parent always has a smaller version number than its child (it was committed
+    before), so one pass in version order meets every row of the chain in turn.
+    """
     out = []
-    current: str | None = head
-    while current is not None and current in by_id:
-        out.append(current)
-        parents = by_id[current][parents_column]
-        # the JSON list written by _insert_snapshot: '["<32 hex>", ...]' or '[]'
-        current = parents[2:34] if len(parents) >= 36 else None
+    want: str | None = head
+    for row in rows:
+        if row[id_column] == want:
+            out.append(row)
+            parents = row[parents_column]
+            # the JSON list written by _insert_snapshot: '["<32 hex>", ...]' or '[]'
+            want = parents[2:34] if len(parents) >= 36 else None
+            if want is None:
+                break
+    if not out:
+        raise VersionNotFoundError(f"No snapshot with id {head!r}")
     return out
 
 
