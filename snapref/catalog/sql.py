@@ -484,7 +484,7 @@ class Catalog:
         rows = self._rows_newest_first(sa.select(s.c.id, s.c.parents).where(s.c.dataset == dataset))
         return [r[0] for r in _first_parent_chain(rows, head, 0, 1)]
 
-    def _rows_newest_first(self, query: sa.Select[Any]) -> list[tuple[Any, ...]]:
+    def _rows_newest_first(self, query: sa.Select[Any]) -> Sequence[tuple[Any, ...]]:
         with self._read() as conn:
             # plain DB-API rows: SQLAlchemy's Row objects cost more than the query here
             return conn.execute(query.order_by(t.snapshots.c.version.desc())).cursor.fetchall()
