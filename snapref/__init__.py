@@ -18,6 +18,7 @@ from snapref.catalog import Snapshot
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
+    CatalogUnavailableError,
     ConflictError,
     DatasetNotFoundError,
     DisallowedSourceError,
@@ -39,6 +40,7 @@ from snapref.transaction import Transaction
 __all__ = [
     "AlreadyExistsError",
     "CatalogSchemaError",
+    "CatalogUnavailableError",
     "ConflictError",
     "DatasetNotFoundError",
     "DisallowedSourceError",

@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "AlreadyExistsError",
     "CatalogSchemaError",
+    "CatalogUnavailableError",
     "ConflictError",
     "DatasetNotFoundError",
     "DisallowedSourceError",
@@ -97,3 +98,8 @@ class TransactionClosedError(SnapRefError):
 
 class CatalogSchemaError(SnapRefError):
     """The catalog's schema version is not one this snapref can use."""
+
+
+class CatalogUnavailableError(SnapRefError):
+    """The catalog database cannot be reached: server down, wrong URL or password,
+    a duckdb file open in another process, or its driver is not installed."""

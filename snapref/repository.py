@@ -736,16 +736,17 @@ def init(
     config_path = warehouse.path(CONFIG_FILE)
     if warehouse.fs.exists(config_path):
         raise AlreadyExistsError(f"A snapref repository exists at {warehouse.url} already")
+    if warehouse.is_local:
+        warehouse.fs.makedirs(warehouse.root, exist_ok=True)
     if catalog is None:
         if not warehouse.is_local:
             raise InvalidInputError(
                 f"A repository at {warehouse.url} needs a catalog: pass --catalog with an "
                 "SQLAlchemy URL, e.g. sqlite:////abs/path/catalog.db or postgresql://..."
             )
-        warehouse.fs.makedirs(warehouse.root, exist_ok=True)
         recorded = EMBEDDED_CATALOG
     else:
-        catalog = _absolute_sqlite(catalog)
+        catalog = _absolute_file_db(catalog)
         recorded = _without_password(catalog)
     config = {"format": 1, "catalog": recorded}
     # Claim the warehouse before creating the catalog: when the warehouse cannot be
@@ -808,21 +809,27 @@ def _catalog_url(warehouse: Warehouse, recorded: str) -> str:
     return "sqlite:///" + posixpath.join(warehouse.root, recorded)
 
 
-def _absolute_sqlite(url: str) -> str:
-    """``sqlite:///relative.db`` made absolute, since it is recorded for every later
-    process, whatever its working directory."""
-    parsed = sa.engine.make_url(url)
+def _absolute_file_db(url: str) -> str:
+    """``sqlite:///relative.db`` or ``duckdb:///relative.duckdb`` made absolute, since
+    it is recorded for every later process, whatever its working directory."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise InvalidInputError(
+            f"{url!r} is not a catalog URL. Give an SQLAlchemy URL, e.g. "
+            "sqlite:////abs/path/catalog.db, duckdb:////abs/path/catalog.duckdb or "
+            "postgresql+psycopg://user@host/db"
+        ) from None
     db = parsed.database
-    if parsed.get_backend_name() == "sqlite" and db and db != ":memory:" and not os.path.isabs(db):
+    file_based = parsed.get_backend_name() in ("sqlite", "duckdb")
+    if file_based and db and db != ":memory:" and not os.path.isabs(db):
         return parsed.set(database=os.path.abspath(db)).render_as_string(hide_password=False)
     return url
 
 
 def _without_password(url: str) -> str:
-    parsed = sa.engine.make_url(url)
-    if parsed.password:
-        parsed = parsed.set(password=None)
-    return parsed.render_as_string(hide_password=False)
+    """``url`` as it may be recorded: with no password (``URL.set`` ignores None)."""
+    return sa.engine.make_url(url)._replace(password=None).render_as_string(hide_password=False)
 
 
 def _as_repository(repo: Repository | str, storage_options: Mapping[str, Any] | None) -> Repository:

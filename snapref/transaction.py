@@ -14,6 +14,8 @@ behind; a crash during it is rolled back by the database.
 
 from __future__ import annotations
 
+import random
+import time
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -177,6 +179,11 @@ def _summarize(
     return ops, counts
 
 
+#: How long ``commit`` with ``rebase=True`` keeps replaying onto a branch that other
+#: writers keep moving, in seconds.
+REBASE_TIMEOUT = 60.0
+
+
 class Transaction:
     """Staged edits of one dataset on one branch, committed atomically.
 
@@ -283,7 +290,10 @@ class Transaction:
         self._close()
         changeset = self.changeset()
         parent, base = self.parent, self.base
-        for attempt in range(10 if self.rebase else 1):
+        # with rebase=True, a writer that keeps losing the race to others backs off
+        # (random, growing waits) and tries again until REBASE_TIMEOUT has passed
+        started, wait = time.monotonic(), 0.005
+        while True:
             try:
                 self.snapshot = commit_changes(
                     self.repo,
@@ -298,15 +308,21 @@ class Transaction:
                     allow_sources=self.allow_sources,
                 )
                 return self.snapshot
-            except ConflictError:
-                if not self.rebase or attempt == 9:
+            except ConflictError as exc:
+                if not self.rebase:
                     raise
+                if time.monotonic() - started > REBASE_TIMEOUT:
+                    raise ConflictError(
+                        f"{exc} (Gave up replaying the changes onto the moving branch "
+                        f"after {REBASE_TIMEOUT:.0f} s.)"
+                    ) from exc
+            time.sleep(random.uniform(0, wait))
+            wait = min(2 * wait, 1.0)
             # the branch moved: replay the edits onto its new head if they do not overlap
             from snapref.history import rebase_changeset
 
             changeset = changeset.without_noops(base)
             parent, base = rebase_changeset(self.repo, self.dataset, self.branch, parent, changeset)
-        raise AssertionError("unreachable")
 
     def discard(self) -> None:
         """Drop every staged edit; nothing is recorded. (Chunks staged so far were

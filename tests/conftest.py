@@ -1,5 +1,7 @@
 """Shared fixtures: real HDF5 files made with h5py, kerchunk references to them,
-repositories on local disk and on a real S3 API (a moto server on loopback)."""
+repositories on local disk and on a real S3 API (a moto server on loopback), with
+their catalog in SQLite or, for modules marked ``all_catalogs``, also in a real
+PostgreSQL server and in duckdb."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from kerchunk.hdf import SingleHdf5ToZarr
 
 import snapref
+from tests.pg_server import PostgresServer, postgres_server
 from tests.s3_fixtures import *  # noqa: F403
 
 # Never let a test pick up credentials or a repository from the environment.
@@ -84,9 +87,45 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return invoke
 
 
+CATALOG_KINDS = ("sqlite", "postgresql", "duckdb")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # tests of modules marked all_catalogs run once per catalog kind
+    if "catalog_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "all_catalogs"
+    ):
+        metafunc.parametrize("catalog_kind", CATALOG_KINDS)
+
+
 @pytest.fixture
-def repo(tmp_path: Path) -> Iterator[snapref.Repository]:
-    r = snapref.init(str(tmp_path / "warehouse"))
+def catalog_kind() -> str:
+    """The catalog of the ``repo`` fixture: SQLite unless the module is ``all_catalogs``."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (see tests/pg_server.py)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def catalog_url(catalog_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str | None:
+    """The SQLAlchemy URL of a new, empty catalog of ``catalog_kind``; None for the
+    embedded SQLite default."""
+    if catalog_kind == "sqlite":
+        return None
+    if catalog_kind == "postgresql":
+        return request.getfixturevalue("postgres").new_database()
+    assert catalog_kind == "duckdb", catalog_kind
+    return f"duckdb:///{tmp_path / 'catalog.duckdb'}"
+
+
+@pytest.fixture
+def repo(tmp_path: Path, catalog_url: str | None) -> Iterator[snapref.Repository]:
+    r = snapref.init(str(tmp_path / "warehouse"), catalog=catalog_url)
     yield r
     r.close()
 

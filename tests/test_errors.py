@@ -13,6 +13,9 @@ import zarr
 import snapref
 from snapref.errors import SnapRefError
 
+# every test here runs on SQLite, PostgreSQL and duckdb catalogs (tests/conftest.py)
+pytestmark = pytest.mark.all_catalogs
+
 
 def test_error_tree_has_one_root() -> None:
     for name in snapref.errors.__all__:

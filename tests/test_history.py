@@ -16,6 +16,9 @@ import snapref
 from snapref.history import graph_dot, graph_lines, regions
 from tests.conftest import temp_values
 
+# every test here runs on SQLite, PostgreSQL and duckdb catalogs (tests/conftest.py)
+pytestmark = pytest.mark.all_catalogs
+
 
 def _edit(repo: snapref.Repository, message: str, branch: str = "main", **cells: Any) -> Any:
     with repo.transaction("air", message=message, branch=branch) as tx:

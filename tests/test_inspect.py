@@ -11,6 +11,9 @@ import zarr
 
 import snapref
 
+# every test here runs on SQLite, PostgreSQL and duckdb catalogs (tests/conftest.py)
+pytestmark = pytest.mark.all_catalogs
+
 
 @pytest.fixture
 def two(air: snapref.Repository, kerchunk_refs: dict[str, Any]) -> snapref.Repository:

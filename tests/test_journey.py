@@ -19,6 +19,9 @@ import snapref
 from snapref.manifest import ObjectRef
 from tests.conftest import TEMP_SHAPE, temp_values
 
+# every test here runs on SQLite, PostgreSQL and duckdb catalogs (tests/conftest.py)
+pytestmark = pytest.mark.all_catalogs
+
 
 def _objects(repo: snapref.Repository) -> set[str]:
     root = Path(repo.warehouse.root) / "objects"

@@ -54,6 +54,30 @@ def test_migration_files_match_code() -> None:
 
 
 def _schema_of(engine: sa.Engine) -> dict[str, Any]:
+    """Tables -> (columns, indexes, primary key), as the database reports them."""
+    if engine.dialect.name == "duckdb":
+        # duckdb-engine's reflection does not reach columns; ask duckdb itself
+        with engine.connect() as conn:
+            columns = conn.exec_driver_sql(
+                "SELECT table_name, column_name, data_type, is_nullable "
+                "FROM information_schema.columns ORDER BY table_name, ordinal_position"
+            ).all()
+            indexes = conn.exec_driver_sql(
+                "SELECT table_name, index_name, expressions FROM duckdb_indexes() "
+                "ORDER BY table_name, index_name"
+            ).all()
+            keys = conn.exec_driver_sql(
+                "SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+                "WHERE constraint_type = 'PRIMARY KEY'"
+            ).all()
+        return {
+            table: (
+                [c[1:] for c in columns if c[0] == table],
+                [i[1:] for i in indexes if i[0] == table],
+                [list(k[1]) for k in keys if k[0] == table],
+            )
+            for table in sorted({c[0] for c in columns})
+        }
     inspector = sa.inspect(engine)
     return {
         name: (
@@ -65,79 +89,89 @@ def _schema_of(engine: sa.Engine) -> dict[str, Any]:
     }
 
 
-def _make_version_1_repository(tmp_path: Path) -> Path:
+def _make_version_1_repository(tmp_path: Path, catalog_url: str | None) -> Path:
     """A repository whose catalog has schema version 1, as snapref 0.1 wrote it: made
-    from v1.sqlite.sql, holding an imported dataset with two commits and a branch."""
-    import sqlite3
+    from catalog_schemas/v1.*.sql, holding an imported dataset with two commits and a
+    branch. ``catalog_url`` is an empty database (None: an SQLite file)."""
+    from snapref.catalog.migrate import statements
 
     wh = tmp_path / "old"
-    db = sqlite3.connect(wh.parent / "v1.db")
-    db.executescript((SCHEMAS / "v1.sqlite.sql").read_text())
-    # the rows a version-1 snapref recorded for: import (v1), commit (v2), branch qc,
-    # commit on qc (v3)
+    # real manifests first, from a throwaway version-2 catalog
+    repo = snapref.init(str(wh), catalog=f"sqlite:///{tmp_path / 'scratch.db'}")
+    snaps = [repo.import_references("d", _refs(), "import")]
+    for value in (1, 2):
+        with repo.transaction("d", message=f"set {value}") as tx:
+            tx.fs.pipe("x/0", bytes([value]) * 3)
+        snaps.append(tx.snapshot)
+    repo.close()
+    # then the version-1 catalog, from its DDL file, holding the rows a version-1
+    # snapref recorded for: import (v1), commit (v2), branch qc, commit on qc (v3)
+    url = catalog_url or f"sqlite:///{tmp_path / 'v1.db'}"
+    engine = sa.create_engine(url)
+    dialect = "sqlite" if engine.dialect.name == "sqlite" else "postgresql"
     ids = [f"{i:032x}" for i in (1, 2, 3)]
     ts = [
         "2025-01-01T00:00:00.000000Z",
         "2025-01-02T00:00:00.000000Z",
         "2025-01-03T00:00:00.000000Z",
     ]
-    repo = snapref.init(str(wh))
-    snaps = [repo.import_references("d", _refs(), "import")]
-    repo.close()
-    manifests = {}
-    for i, value in enumerate((1, 2)):
-        repo = snapref.connect(str(wh))
-        with repo.transaction("d", message=f"set {value}") as tx:
-            tx.fs.pipe("x/0", bytes([value]) * 3)
-        snaps.append(tx.snapshot)
-        repo.close()
-        manifests[i] = tx.snapshot.manifest
-    (wh / "catalog.db").unlink()
-    db.execute("INSERT INTO snapref_schema VALUES (1)")
-    db.execute("INSERT INTO datasets VALUES ('d', ?, '', '{}')", (ts[0],))
     parents = ["[]", f'["{ids[0]}"]', f'["{ids[1]}"]']
-    for i, snap in enumerate(snaps):
-        db.execute(
-            "INSERT INTO snapshots VALUES (?, 'd', ?, ?, ?, ?, ?, 'Old <o@x>', ?, '0.1.0', '{}', '{}')",
-            (
-                ids[i],
-                i + 1,
-                snap.manifest,
-                parents[i],
-                "qc" if i == 2 else "main",
-                ts[i],
-                snap.message,
-            ),
-        )
-    for i in (1, 2):
-        db.execute("INSERT INTO snapshot_changes VALUES (?, 'x/0', 'M')", (ids[i],))
-    db.execute("INSERT INTO refs VALUES ('d', 'main', 'branch', ?)", (ids[1],))
-    db.execute("INSERT INTO refs VALUES ('d', 'qc', 'branch', ?)", (ids[2],))
-    for n, (ref, action, old, new) in enumerate(
-        [
-            ("main", "create", None, ids[0]),
-            ("main", "commit", ids[0], ids[1]),
-            ("qc", "branch", None, ids[1]),
-            ("qc", "commit", ids[1], ids[2]),
-        ]
-    ):
-        db.execute(
-            "INSERT INTO ref_log VALUES (?, 'd', ?, ?, ?, ?, ?, 'Old <o@x>')",
-            (f"{n:032x}", ref, action, old, new, ts[min(n, 2)]),
-        )
-    db.commit()
-    db.close()
-    (wh.parent / "v1.db").rename(wh / "catalog.db")
+    with engine.begin() as db:
+        for stmt in statements((SCHEMAS / f"v1.{dialect}.sql").read_text()):
+            db.exec_driver_sql(stmt.rstrip(";"))
+
+        def insert(table: str, *values: Any) -> None:
+            names = ", ".join(f":p{i}" for i in range(len(values)))
+            db.execute(
+                sa.text(f"INSERT INTO {table} VALUES ({names})"),
+                {f"p{i}": v for i, v in enumerate(values)},
+            )
+
+        insert("snapref_schema", 1)
+        insert("datasets", "d", ts[0], "", "{}")
+        for i, snap in enumerate(snaps):
+            branch = "qc" if i == 2 else "main"
+            insert(
+                "snapshots",
+                *(ids[i], "d", i + 1, snap.manifest, parents[i], branch, ts[i]),
+                *("Old <o@x>", snap.message, "0.1.0", "{}", "{}"),
+            )
+        for i in (1, 2):
+            insert("snapshot_changes", ids[i], "x/0", "M")
+        insert("refs", "d", "main", "branch", ids[1])
+        insert("refs", "d", "qc", "branch", ids[2])
+        for n, (ref, action, old, new) in enumerate(
+            [
+                ("main", "create", None, ids[0]),
+                ("main", "commit", ids[0], ids[1]),
+                ("qc", "branch", None, ids[1]),
+                ("qc", "commit", ids[1], ids[2]),
+            ]
+        ):
+            insert("ref_log", f"{n:032x}", "d", ref, action, old, new, ts[min(n, 2)], "Old <o@x>")
+    engine.dispose()
+    (wh / "snapref.json").write_text(json.dumps({"format": 1, "catalog": url}))
     return wh
 
 
-def test_a_version_1_repository_is_migrated_on_connect(tmp_path: Path) -> None:
-    wh = _make_version_1_repository(tmp_path)
+@pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql", "duckdb"])
+def test_a_version_1_repository_is_migrated_on_connect(
+    tmp_path: Path, catalog_url: str | None, catalog_kind: str, request: pytest.FixtureRequest
+) -> None:
+    wh = _make_version_1_repository(tmp_path, catalog_url)
     repo = snapref.connect(str(wh))
+    assert repo.db.engine.dialect.name == catalog_kind
     with repo.db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one() == 2
-    fresh = snapref.init(str(tmp_path / "fresh"))
+    # the migrated catalog has the tables, columns and indexes of a new one
+    fresh_url = {
+        "sqlite": None,
+        "postgresql": lambda: request.getfixturevalue("postgres").new_database(),
+        "duckdb": lambda: f"duckdb:///{tmp_path / 'fresh.duckdb'}",
+    }[catalog_kind]
+    fresh = snapref.init(str(tmp_path / "fresh"), catalog=fresh_url and fresh_url())
     assert _schema_of(repo.db.engine) == _schema_of(fresh.db.engine)
+    fresh.close()
     # the old history reads as before, through the new parents table
     assert [s.version for s in repo.log("d")] == [2, 1]
     assert [s.version for s in repo.log("d", "qc")] == [3, 2, 1]

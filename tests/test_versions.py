@@ -14,6 +14,9 @@ import zarr
 import snapref
 from tests.conftest import temp_values
 
+# every test here runs on SQLite, PostgreSQL and duckdb catalogs (tests/conftest.py)
+pytestmark = pytest.mark.all_catalogs
+
 
 def _edit(repo: snapref.Repository, value: float, branch: str = "main") -> snapref.Snapshot:
     with repo.transaction("air", message=f"set {value}", branch=branch) as tx:

@@ -31,6 +31,7 @@ from snapref.catalog.migrate import MIGRATIONS, migrate
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
+    CatalogUnavailableError,
     ConflictError,
     DatasetNotFoundError,
     VersionNotFoundError,
@@ -241,6 +242,53 @@ def new_snapshot_id() -> str:
     return uuid.uuid4().hex
 
 
+#: What to check when a catalog cannot be opened, per SQLAlchemy dialect.
+_UNAVAILABLE_HINTS = {
+    "sqlite": "Check the path and that you may read and write it.",
+    "postgresql": (
+        "Check that the server runs and that the host, port, database, user and password "
+        "are right (a password is never recorded: pass it with --catalog or SNAPREF_CATALOG)."
+    ),
+    "duckdb": (
+        "A duckdb catalog can be open in one process at a time: close the other process "
+        "(or its Repository), or put the catalog on PostgreSQL for many writers."
+    ),
+}
+#: The extra that installs each dialect's driver.
+_DRIVER_EXTRAS = {"postgresql": "snapref[postgresql]", "duckdb": "snapref[duckdb]"}
+
+
+def _open_engine(url: str) -> Engine:
+    """An engine for ``url`` that has connected once, or a clear error saying why not."""
+    try:
+        engine = _make_engine(url)
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        dialect = url.split(":", 1)[0].split("+", 1)[0]
+        extra = _DRIVER_EXTRAS.get(dialect)
+        fix = f"pip install '{extra}'" if extra else "install the driver named there"
+        raise CatalogUnavailableError(
+            f"Cannot open the catalog {_safe_url(url)}: its database driver is not "
+            f"installed ({exc}); {fix}"
+        ) from exc
+    except sa.exc.ArgumentError as exc:
+        raise CatalogUnavailableError(
+            f"{_safe_url(url)} is not a catalog URL ({exc}). Give an SQLAlchemy URL, e.g. "
+            "sqlite:////abs/path/catalog.db, duckdb:////abs/path/catalog.duckdb or "
+            "postgresql+psycopg://user@host/db."
+        ) from exc
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        hint = _UNAVAILABLE_HINTS.get(engine.dialect.name, "Check the URL.")
+        raise CatalogUnavailableError(
+            f"Cannot open the catalog {_safe_url(url)}: {reason}. {hint}"
+        ) from exc
+    return engine
+
+
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 60})
@@ -287,7 +335,7 @@ class Catalog:
         AlreadyExistsError
             If the database holds a snapref catalog already.
         """
-        engine = _make_engine(url)
+        engine = _open_engine(url)
         if sa.inspect(engine).has_table(t.schema_info.name):
             raise AlreadyExistsError(
                 f"The database {_safe_url(url)} holds a snapref catalog already; "
@@ -301,7 +349,7 @@ class Catalog:
     @classmethod
     def open(cls, url: str) -> Catalog:
         """Connect to an existing catalog and check its schema version."""
-        engine = _make_engine(url)
+        engine = _open_engine(url)
         try:
             with engine.connect() as conn:
                 version = conn.execute(sa.select(t.schema_info.c.version)).scalar_one()

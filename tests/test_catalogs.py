@@ -1,0 +1,181 @@
+"""The same repository on every catalog kind: the embedded SQLite, a real PostgreSQL
+server and duckdb, chosen by SQLAlchemy URL at ``init`` and found again by ``connect``.
+
+Most behaviour (history, time travel, merge, errors) is checked on all three by the
+modules marked ``all_catalogs``; this module checks what differs between them: many
+writer processes sharing one catalog, who may open it, and what is recorded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+import snapref
+from snapref.catalog import schema as t
+
+WRITERS, COMMITS = 4, 5  # processes, and commits each
+
+
+def _refs() -> dict[str, Any]:
+    zarray = {
+        "zarr_format": 2,
+        "shape": [WRITERS * COMMITS],
+        "chunks": [1],
+        "dtype": "<u2",
+        "compressor": None,
+        "fill_value": 0,
+        "order": "C",
+        "filters": None,
+    }
+    return {".zgroup": json.dumps({"zarr_format": 2}), "v/.zarray": json.dumps(zarray)}
+
+
+def _writer(warehouse: str, writer: int, rebase: bool) -> tuple[int, list[str]]:
+    """Run in a child process: commit chunk ``writer * COMMITS + i`` for each i.
+    Returns the number of commits that landed and the conflicts' messages."""
+    repo = snapref.connect(warehouse)
+    landed, conflicts = 0, []
+    for i in range(COMMITS):
+        chunk = writer * COMMITS + i
+        try:
+            with repo.transaction(
+                "d", message=f"writer {writer} chunk {chunk}", rebase=rebase
+            ) as tx:
+                tx.fs.pipe_file(f"v/{chunk}", np.uint16(chunk + 1).tobytes())
+            landed += 1
+        except snapref.ConflictError as exc:
+            conflicts.append(str(exc))
+    repo.close()
+    return landed, conflicts
+
+
+def _run_writers(warehouse: str, rebase: bool) -> list[tuple[int, list[str]]]:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(WRITERS) as pool:
+        return pool.starmap(_writer, [(warehouse, w, rebase) for w in range(WRITERS)])
+
+
+@pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql", "duckdb"])
+def test_the_catalog_asked_for_is_recorded_and_found_again(
+    tmp_path: Path, catalog_url: str | None, catalog_kind: str
+) -> None:
+    wh = tmp_path / "warehouse"
+    repo = snapref.init(str(wh), catalog=catalog_url)
+    repo.import_references("d", _refs(), message="import")
+    repo.close()
+    recorded = json.loads((wh / "snapref.json").read_text())["catalog"]
+    assert recorded == (catalog_url or "catalog.db")
+    again = snapref.connect(str(wh))
+    assert again.db.engine.dialect.name == catalog_kind
+    assert [s.message for s in again.log("d")] == ["import"]
+    again.close()
+
+
+@pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql"])
+def test_writer_processes_sharing_a_catalog_all_land_with_rebase(
+    tmp_path: Path, catalog_url: str | None
+) -> None:
+    wh = str(tmp_path / "warehouse")
+    snapref.init(wh, catalog=catalog_url).import_references("d", _refs(), message="import")
+    results = _run_writers(wh, rebase=True)
+    assert results == [(COMMITS, [])] * WRITERS
+    repo = snapref.connect(wh)
+    history = repo.log("d")
+    # one linear history, every version number used once, every write present
+    assert [s.version for s in history] == list(range(WRITERS * COMMITS + 1, 0, -1))
+    assert all(s.parents == (p.id,) for s, p in itertools.pairwise(history))
+    values = snapref.open(repo, "d")["v"][:]
+    assert values.tolist() == list(range(1, WRITERS * COMMITS + 1))
+    assert len(repo.audit("d")) == WRITERS * COMMITS + 1
+
+
+@pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql"])
+def test_racing_writers_without_rebase_get_conflicts_and_lose_nothing(
+    tmp_path: Path, catalog_url: str | None
+) -> None:
+    wh = str(tmp_path / "warehouse")
+    snapref.init(wh, catalog=catalog_url).import_references("d", _refs(), message="import")
+    results = _run_writers(wh, rebase=False)
+    landed = sum(r[0] for r in results)
+    assert sum(r[0] + len(r[1]) for r in results) == WRITERS * COMMITS
+    assert all("moved while you worked" in m for r in results for m in r[1])
+    assert landed >= COMMITS  # at least one writer ran alone for a while
+    repo = snapref.connect(wh)
+    history = repo.log("d")
+    # every commit that reported success is in the history, and nothing else is
+    assert [s.version for s in history] == list(range(landed + 1, 0, -1))
+    landed_chunks = sorted(int(s.message.rsplit(" ", 1)[1]) for s in history[:-1])
+    values = snapref.open(repo, "d")["v"][:]
+    assert [i for i, v in enumerate(values) if v] == landed_chunks
+    with repo.db.engine.connect() as conn:
+        rows = conn.execute(sa.select(sa.func.count()).select_from(t.snapshots)).scalar_one()
+    assert rows == landed + 1  # a lost race leaves no snapshot row behind
+
+
+def test_a_duckdb_catalog_open_in_another_process_is_a_clear_error(tmp_path: Path) -> None:
+    wh = str(tmp_path / "warehouse")
+    url = f"duckdb:///{tmp_path / 'catalog.duckdb'}"
+    holder = snapref.init(wh, catalog=url)
+    holder.import_references("d", _refs(), message="import")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        error = pool.apply(_connect_error, (wh,))
+    assert error is not None
+    kind, message = error
+    assert kind == "CatalogUnavailableError"
+    assert url in message and "one process at a time" in message
+    holder.close()
+    # once the holder closes its repository, the other process gets in
+    with ctx.Pool(1) as pool:
+        assert pool.apply(_connect_error, (wh,)) is None
+
+
+def _connect_error(warehouse: str) -> tuple[str, str] | None:
+    try:
+        snapref.connect(warehouse).close()
+    except snapref.SnapRefError as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
+def test_a_postgresql_password_is_used_but_never_recorded(tmp_path: Path, postgres: Any) -> None:
+    url = postgres.new_database()
+    with_password = url.replace("snapref@", "snapref:s3cret-pw@")
+    wh = tmp_path / "warehouse"
+    repo = snapref.init(str(wh), catalog=with_password)
+    repo.import_references("d", _refs(), message="import")
+    with repo.db.engine.connect() as conn:
+        dumped = [
+            str(row)
+            for table in t.metadata.sorted_tables
+            for row in conn.execute(sa.select(table)).all()
+        ]
+    repo.close()
+    assert dumped and not any("s3cret" in row for row in dumped)
+    assert "s3cret" not in (wh / "snapref.json").read_text()
+    # later processes pass it again, by argument or SNAPREF_CATALOG (this test server
+    # trusts loopback, so the recorded URL works without it too)
+    assert snapref.connect(str(wh), catalog=with_password).log("d")[0].version == 1
+
+
+def test_an_unreachable_catalog_is_a_clear_error(tmp_path: Path, run: Any) -> None:
+    url = "postgresql+psycopg://someone:hunter2@127.0.0.1:9/nowhere"
+    with pytest.raises(snapref.CatalogUnavailableError) as err:
+        snapref.init(str(tmp_path / "wh"), catalog=url)
+    message = str(err.value)
+    assert "127.0.0.1:9/nowhere" in message and "hunter2" not in message
+    assert "server runs" in message
+    # nothing is left behind to block a retry with the right URL
+    assert not (tmp_path / "wh" / "snapref.json").exists()
+    result = run("init", str(tmp_path / "wh2"), "--catalog", url, code=1)
+    assert "Cannot open the catalog" in result.output + result.stderr
+    result = run("init", str(tmp_path / "wh3"), "--catalog", "not a url", code=1)
+    assert "not a catalog URL" in result.output + result.stderr
