@@ -13,7 +13,10 @@ embedded default), PostgreSQL and duckdb.
 
 from __future__ import annotations
 
+import os
+import threading
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -258,6 +261,62 @@ _UNAVAILABLE_HINTS = {
 _DRIVER_EXTRAS = {"postgresql": "snapref[postgresql]", "duckdb": "snapref[duckdb]"}
 
 
+class _Engines:
+    """The engines of this process, one per catalog database, shared by every
+    :class:`Catalog` open on it.
+
+    SQLAlchemy's advice is one long-lived engine per database: it keeps compiled
+    statements and pooled connections, so opening a repository again (every
+    ``snapref.open(url, ...)`` does) costs no new connection or compilation. An engine
+    is disposed when the last catalog using it is closed or garbage-collected, which
+    also releases a duckdb file's lock. Keys hold the process id (pooled connections
+    must not cross a fork) and, for a database file, its inode (a file deleted and
+    made again is a new database).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engines: dict[tuple[Any, ...], tuple[Engine, int]] = {}
+
+    def acquire(self, url: str) -> tuple[tuple[Any, ...], Engine]:
+        key = (os.getpid(), url, _file_identity(url))
+        with self._lock:
+            engine, users = self._engines.get(key) or (None, 0)
+            if engine is None:
+                engine = _open_engine(url)
+            self._engines[key] = (engine, users + 1)
+        return key, engine
+
+    def release(self, key: tuple[Any, ...]) -> None:
+        with self._lock:
+            engine, users = self._engines.pop(key, (None, 0))
+            if engine is None:
+                return
+            if users > 1:
+                self._engines[key] = (engine, users - 1)
+                return
+        if key[0] == os.getpid():
+            engine.dispose()
+
+
+_ENGINES = _Engines()
+
+
+def _file_identity(url: str) -> tuple[int, int] | None:
+    """(device, inode) of a SQLite/duckdb database file, None for a server or no file."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return None
+    if parsed.get_backend_name() not in ("sqlite", "duckdb") or not parsed.database:
+        return None
+    try:
+        st = os.stat(parsed.database)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _open_engine(url: str) -> Engine:
     """An engine for ``url`` that has connected once, or a clear error saying why not."""
     try:
@@ -320,9 +379,11 @@ def _make_engine(url: str) -> Engine:
 class Catalog:
     """Typed access to the catalog tables of one repository."""
 
-    def __init__(self, url: str, engine: Engine) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = engine
+        key, self.engine = _ENGINES.acquire(url)
+        # the engine is shared (see _Engines): give it back on close, or when collected
+        self._release = weakref.finalize(self, _ENGINES.release, key)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -335,8 +396,10 @@ class Catalog:
         AlreadyExistsError
             If the database holds a snapref catalog already.
         """
-        engine = _open_engine(url)
+        catalog = cls(url)
+        engine = catalog.engine
         if sa.inspect(engine).has_table(t.schema_info.name):
+            catalog.close()
             raise AlreadyExistsError(
                 f"The database {_safe_url(url)} holds a snapref catalog already; "
                 "connect to it instead of creating a new one"
@@ -344,16 +407,18 @@ class Catalog:
         t.metadata.create_all(engine)
         with engine.begin() as conn:
             conn.execute(sa.insert(t.schema_info).values(version=t.SCHEMA_VERSION))
-        return cls(url, engine)
+        return catalog
 
     @classmethod
     def open(cls, url: str) -> Catalog:
         """Connect to an existing catalog and check its schema version."""
-        engine = _open_engine(url)
+        catalog = cls(url)
+        engine = catalog.engine
         try:
             with engine.connect() as conn:
                 version = conn.execute(sa.select(t.schema_info.c.version)).scalar_one()
         except sa.exc.SQLAlchemyError as exc:
+            catalog.close()
             raise CatalogSchemaError(
                 f"{_safe_url(url)} is not a snapref catalog ({exc.__class__.__name__}). "
                 "Create one with 'snapref init'."
@@ -369,15 +434,17 @@ class Catalog:
                         migrate(conn, again, t.SCHEMA_VERSION)
             version = t.SCHEMA_VERSION
         if version != t.SCHEMA_VERSION:
+            catalog.close()
             raise CatalogSchemaError(
                 f"The catalog {_safe_url(url)} has schema version {version}; this snapref "
                 f"uses version {t.SCHEMA_VERSION}. Upgrade snapref, or migrate the catalog "
                 "with the scripts in catalog_schemas/."
             )
-        return cls(url, engine)
+        return catalog
 
     def close(self) -> None:
-        self.engine.dispose()
+        """Give the engine back; the last catalog open on a database disposes it."""
+        self._release()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
