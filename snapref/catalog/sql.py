@@ -955,25 +955,22 @@ class Catalog:
 
 def _first_parent_chain(
     rows: Iterable[tuple[Any, ...]], head: str, id_column: int, parents_column: int
-) -> list[tuple[Any, ...]]:
+) -> Iterator[tuple[Any, ...]]:
     """The rows on the first-parent chain from ``head``, from rows newest first.
 
     A parent always has a smaller version number than its child (it was committed
     before), so one pass in version order meets every row of the chain in turn.
     """
-    out = []
-    want: str | None = head
+    want = head
     for row in rows:
         if row[id_column] == want:
-            out.append(row)
-            parents = row[parents_column]
+            yield row
             # the JSON list written by _insert_snapshot: '["<32 hex>", ...]' or '[]'
-            want = parents[2:34] if len(parents) >= 36 else None
-            if want is None:
-                break
-    if not out:
+            want = row[parents_column][2:34]
+            if not want:
+                return
+    if want == head:
         raise VersionNotFoundError(f"No snapshot with id {head!r}")
-    return out
 
 
 def _swap_head(conn: Connection, dataset: str, branch: str, expected: str, new: str) -> bool:
