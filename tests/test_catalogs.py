@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,17 @@ def _writer(warehouse: str, writer: int, rebase: bool) -> tuple[int, list[str]]:
     return landed, conflicts
 
 
-def _run_writers(warehouse: str, rebase: bool) -> list[tuple[int, list[str]]]:
+def _in_processes(func: Any, *calls: tuple[Any, ...]) -> list[Any]:
+    """``func(*args)`` for each ``args``, each in a new process at the same time (a
+    process that dies is an error here, not a hang)."""
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(WRITERS) as pool:
-        return pool.starmap(_writer, [(warehouse, w, rebase) for w in range(WRITERS)])
+    with ProcessPoolExecutor(len(calls), mp_context=ctx) as pool:
+        futures = [pool.submit(func, *args) for args in calls]
+        return [f.result(timeout=240) for f in futures]
+
+
+def _run_writers(warehouse: str, rebase: bool) -> list[tuple[int, list[str]]]:
+    return _in_processes(_writer, *[(warehouse, w, rebase) for w in range(WRITERS)])
 
 
 @pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql", "duckdb"])
@@ -125,17 +133,14 @@ def test_a_duckdb_catalog_open_in_another_process_is_a_clear_error(tmp_path: Pat
     url = f"duckdb:///{tmp_path / 'catalog.duckdb'}"
     holder = snapref.init(wh, catalog=url)
     holder.import_references("d", _refs(), message="import")
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        error = pool.apply(_connect_error, (wh,))
+    (error,) = _in_processes(_connect_error, (wh,))
     assert error is not None
     kind, message = error
     assert kind == "CatalogUnavailableError"
     assert url in message and "one process at a time" in message
     holder.close()
     # once the holder closes its repository, the other process gets in
-    with ctx.Pool(1) as pool:
-        assert pool.apply(_connect_error, (wh,)) is None
+    assert _in_processes(_connect_error, (wh,)) == [None]
 
 
 def _connect_error(warehouse: str) -> tuple[str, str] | None:
