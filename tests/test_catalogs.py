@@ -184,3 +184,29 @@ def test_an_unreachable_catalog_is_a_clear_error(tmp_path: Path, run: Any) -> No
     assert "Cannot open the catalog" in result.output + result.stderr
     result = run("init", str(tmp_path / "wh3"), "--catalog", "not a url", code=1)
     assert "not a catalog URL" in result.output + result.stderr
+
+
+def test_a_repository_collected_while_the_engine_lock_is_held_does_not_deadlock(
+    tmp_path: Path,
+) -> None:
+    # the garbage collector may run a dropped catalog's release inside the engine
+    # registry's own critical section (any allocation there can start a collection);
+    # that release must be queued, not wait for a lock its own thread holds
+    import gc
+
+    from snapref.catalog.sql import _ENGINES
+
+    wh = str(tmp_path / "warehouse")
+    snapref.init(wh).close()
+    repo = snapref.connect(wh)
+    engine = repo.db.engine
+    with _ENGINES._lock:
+        del repo
+        gc.collect()  # the catalog's finalizer runs here and returns at once
+    # the next use of the registry does the queued release: when the new handle
+    # closes, no one uses the engine any more and it is disposed
+    again = snapref.connect(wh)
+    assert again.datasets() == []
+    again.close()
+    assert not [key for key in _ENGINES._engines if wh in key[1]]
+    assert engine.pool.checkedin() == 0

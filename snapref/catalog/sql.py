@@ -272,31 +272,72 @@ class _Engines:
     also releases a duckdb file's lock. Keys hold the process id (pooled connections
     must not cross a fork) and, for a database file, its inode (a file deleted and
     made again is a new database).
+
+    A catalog collected as garbage is released from inside the garbage collector,
+    which may run while this very thread holds the lock: that release never waits
+    for the lock, it is queued and done by whoever holds it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._engines: dict[tuple[Any, ...], tuple[Engine, int]] = {}
+        self._queued: list[tuple[Any, ...]] = []  # releases from the garbage collector
 
     def acquire(self, url: str) -> tuple[tuple[Any, ...], Engine]:
         key = (os.getpid(), url, _file_identity(url))
         with self._lock:
             engine, users = self._engines.get(key) or (None, 0)
-            if engine is None:
-                engine = _open_engine(url)
-            self._engines[key] = (engine, users + 1)
+            if engine is not None:
+                self._engines[key] = (engine, users + 1)
+        if engine is None:
+            fresh = _open_engine(url)  # slow, and may fail: not under the lock
+            with self._lock:
+                engine, users = self._engines.get(key) or (fresh, 0)
+                self._engines[key] = (engine, users + 1)
+            if engine is not fresh:  # another thread opened it meanwhile
+                fresh.dispose()
+        self._dispose(self._take_queued())
         return key, engine
 
-    def release(self, key: tuple[Any, ...]) -> None:
+    def release(self, key: tuple[Any, ...], *, collecting: bool = False) -> None:
+        """One user fewer of ``key``'s engine; dispose it after the last one.
+        ``collecting``: called by the garbage collector (never wait for the lock)."""
+        if collecting and not self._lock.acquire(blocking=False):
+            self._queued.append(key)  # list.append needs no lock
+            return
+        if not collecting:
+            self._lock.acquire()
+        try:
+            done = [self._drop(k) for k in (key, *self._pop_queued())]
+        finally:
+            self._lock.release()
+        self._dispose(done)
+
+    def _take_queued(self) -> list[Engine | None]:
+        if not self._queued:
+            return []
         with self._lock:
-            engine, users = self._engines.pop(key, (None, 0))
-            if engine is None:
-                return
-            if users > 1:
-                self._engines[key] = (engine, users - 1)
-                return
-        if key[0] == os.getpid():
-            engine.dispose()
+            return [self._drop(k) for k in self._pop_queued()]
+
+    def _pop_queued(self) -> list[tuple[Any, ...]]:
+        out = []
+        while self._queued:
+            out.append(self._queued.pop())
+        return out
+
+    def _drop(self, key: tuple[Any, ...]) -> Engine | None:
+        """Under the lock: one user fewer; the engine if that was the last one."""
+        engine, users = self._engines.pop(key, (None, 0))
+        if engine is not None and users > 1:
+            self._engines[key] = (engine, users - 1)
+            return None
+        return engine if key[0] == os.getpid() else None
+
+    @staticmethod
+    def _dispose(engines: list[Engine | None]) -> None:
+        for engine in engines:
+            if engine is not None:
+                engine.dispose()
 
 
 _ENGINES = _Engines()
@@ -382,8 +423,9 @@ class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
         key, self.engine = _ENGINES.acquire(url)
+        self._release_key = key
         # the engine is shared (see _Engines): give it back on close, or when collected
-        self._release = weakref.finalize(self, _ENGINES.release, key)
+        self._release = weakref.finalize(self, _ENGINES.release, key, collecting=True)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -444,7 +486,9 @@ class Catalog:
 
     def close(self) -> None:
         """Give the engine back; the last catalog open on a database disposes it."""
-        self._release()
+        if self._release.detach() is not None:  # not closed or collected before
+            key = self._release_key
+            _ENGINES.release(key)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
