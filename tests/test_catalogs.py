@@ -67,8 +67,14 @@ def _in_processes(func: Any, *calls: tuple[Any, ...]) -> list[Any]:
         return [f.result(timeout=240) for f in futures]
 
 
-def _run_writers(warehouse: str, rebase: bool) -> list[tuple[int, list[str]]]:
-    return _in_processes(_writer, *[(warehouse, w, rebase) for w in range(WRITERS)])
+def _race(
+    tmp_path: Path, catalog_url: str | None, rebase: bool
+) -> tuple[str, list[tuple[int, list[str]]]]:
+    """A new repository on ``catalog_url`` and WRITERS processes committing to its
+    ``main`` at once: the warehouse and what each writer reported."""
+    wh = str(tmp_path / "warehouse")
+    snapref.init(wh, catalog=catalog_url).import_references("d", _refs(), message="import")
+    return wh, _in_processes(_writer, *[(wh, w, rebase) for w in range(WRITERS)])
 
 
 @pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql", "duckdb"])
@@ -91,9 +97,7 @@ def test_the_catalog_asked_for_is_recorded_and_found_again(
 def test_writer_processes_sharing_a_catalog_all_land_with_rebase(
     tmp_path: Path, catalog_url: str | None
 ) -> None:
-    wh = str(tmp_path / "warehouse")
-    snapref.init(wh, catalog=catalog_url).import_references("d", _refs(), message="import")
-    results = _run_writers(wh, rebase=True)
+    wh, results = _race(tmp_path, catalog_url, rebase=True)
     assert results == [(COMMITS, [])] * WRITERS
     repo = snapref.connect(wh)
     history = repo.log("d")
@@ -109,9 +113,7 @@ def test_writer_processes_sharing_a_catalog_all_land_with_rebase(
 def test_racing_writers_without_rebase_get_conflicts_and_lose_nothing(
     tmp_path: Path, catalog_url: str | None
 ) -> None:
-    wh = str(tmp_path / "warehouse")
-    snapref.init(wh, catalog=catalog_url).import_references("d", _refs(), message="import")
-    results = _run_writers(wh, rebase=False)
+    wh, results = _race(tmp_path, catalog_url, rebase=False)
     landed = sum(r[0] for r in results)
     assert sum(r[0] + len(r[1]) for r in results) == WRITERS * COMMITS
     assert all("moved while you worked" in m for r in results for m in r[1])
