@@ -212,3 +212,22 @@ def test_a_repository_collected_while_the_engine_lock_is_held_does_not_deadlock(
     again.close()
     assert not [key for key in _ENGINES._engines if wh in key[1]]
     assert engine.pool.checkedin() == 0
+
+
+def test_the_cli_takes_the_catalog_url_with_its_password(
+    tmp_path: Path, postgres: Any, run: Any
+) -> None:
+    url = postgres.new_database()
+    with_password = url.replace("snapref@", "snapref:s3cret-pw@")
+    wh = str(tmp_path / "wh")
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"version": 1, "refs": _refs()}))
+    run("--catalog", with_password, "init", wh)
+    assert "s3cret" not in (tmp_path / "wh" / "snapref.json").read_text()
+    run("-R", wh, "--catalog", with_password, "import", "d", str(refs), "-m", "import")
+    out = run("-R", wh, "--catalog", with_password, "log", "d", "--json").output
+    assert [e["message"] for e in json.loads(out)] == ["import"]
+    # --catalog replaces the recorded URL: another, empty database is no catalog
+    other = postgres.new_database()
+    result = run("-R", wh, "--catalog", other, "log", "d", code=1)
+    assert "not a snapref catalog" in result.output + result.stderr

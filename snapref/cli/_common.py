@@ -57,9 +57,12 @@ def _storage_options(values: tuple[str, ...]) -> dict[str, Any]:
 class Context:
     """What the group options give every command: how to reach the repository."""
 
-    def __init__(self, repo_url: str | None, storage_options: dict[str, Any]) -> None:
+    def __init__(
+        self, repo_url: str | None, storage_options: dict[str, Any], catalog: str | None = None
+    ) -> None:
         self.repo_url = repo_url
         self.storage_options = storage_options
+        self.catalog = catalog
         self._repo: Repository | None = None
 
     def repo(self) -> Repository:
@@ -68,7 +71,7 @@ class Context:
                 raise click.UsageError(
                     "No repository given: pass -R/--repo URL or set SNAPREF_REPO"
                 )
-            self._repo = snapref.connect(self.repo_url, self.storage_options)
+            self._repo = snapref.connect(self.repo_url, self.storage_options, self.catalog)
         return self._repo
 
 
@@ -125,6 +128,12 @@ prop_option = click.option(
     "(credentials, endpoint_url, ...); repeatable. Never stored.",
 )
 @click.option(
+    "--catalog",
+    metavar="SQLALCHEMY_URL",
+    help="Catalog URL to use instead of the one the repository recorded, e.g. with "
+    "the password, which is never recorded; default $SNAPREF_CATALOG.",
+)
+@click.option(
     "-q",
     "--quiet",
     is_flag=True,
@@ -132,7 +141,11 @@ prop_option = click.option(
 )
 @click.pass_context
 def cli(
-    ctx: click.Context, repo_url: str | None, storage_options: tuple[str, ...], quiet: bool
+    ctx: click.Context,
+    repo_url: str | None,
+    storage_options: tuple[str, ...],
+    catalog: str | None,
+    quiet: bool,
 ) -> None:
     """snapref: versioned snapshots of Zarr / kerchunk datasets.
 
@@ -143,7 +156,7 @@ def cli(
         snapref import air refs.json -m "Adopt kerchunk references"
         snapref log air
     """
-    ctx.obj = Context(repo_url, _storage_options(storage_options))
+    ctx.obj = Context(repo_url, _storage_options(storage_options), catalog)
     ctx.with_resource(progress.enabled(progress.should_show(quiet)))
 
 

@@ -44,7 +44,7 @@ def init(obj: Context, url: str | None, catalog: str | None) -> None:
     url = url or obj.repo_url
     if not url:
         raise click.UsageError("Give the repository URL: snapref init URL")
-    repo = snapref.init(url, catalog=catalog, storage_options=obj.storage_options)
+    repo = snapref.init(url, catalog=catalog or obj.catalog, storage_options=obj.storage_options)
     click.echo(f"Created snapref repository at {repo.url}")
 
 
