@@ -62,7 +62,7 @@ def _floor(url: str, repeats: int) -> list[float]:
     and handing over the columns a log shows, newest first, with no snapref code."""
     import sqlite3
 
-    from snapref.catalog.sql import SHOWN_COLUMNS
+    from snapref.catalog.records import SHOWN_COLUMNS
 
     query = (
         f"SELECT {', '.join(SHOWN_COLUMNS)} FROM snapshots WHERE dataset = 'a' "

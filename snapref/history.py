@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import ujson
 
 from snapref.catalog import BRANCH, MAIN_BRANCH, Snapshot
-from snapref.catalog.sql import format_time
+from snapref.catalog.records import format_time
 from snapref.errors import (
     InvalidInputError,
     MergeConflictError,

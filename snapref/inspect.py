@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from snapref.catalog.sql import format_time
+from snapref.catalog.records import format_time
 from snapref.errors import InvalidInputError
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ import ujson
 
 from snapref import progress
 from snapref.catalog import BRANCH, TAG, Snapshot
-from snapref.catalog.sql import format_time
+from snapref.catalog.records import format_time
 from snapref.errors import InvalidInputError
 
 if TYPE_CHECKING:

@@ -196,13 +196,13 @@ def test_a_repository_collected_while_the_engine_lock_is_held_does_not_deadlock(
     # that release must be queued, not wait for a lock its own thread holds
     import gc
 
-    from snapref.catalog.sql import _ENGINES
+    from snapref.catalog.engine import ENGINES
 
     wh = str(tmp_path / "warehouse")
     snapref.init(wh).close()
     repo = snapref.connect(wh)
     engine = repo.db.engine
-    with _ENGINES._lock:
+    with ENGINES._lock:
         del repo
         gc.collect()  # the catalog's finalizer runs here and returns at once
     # the next use of the registry does the queued release: when the new handle
@@ -210,7 +210,7 @@ def test_a_repository_collected_while_the_engine_lock_is_held_does_not_deadlock(
     again = snapref.connect(wh)
     assert again.datasets() == []
     again.close()
-    assert not [key for key in _ENGINES._engines if wh in key[1]]
+    assert not [key for key in ENGINES._engines if wh in key[1]]
     assert engine.pool.checkedin() == 0
 
 

@@ -13,202 +13,44 @@ embedded default), PostgreSQL and duckdb.
 
 from __future__ import annotations
 
-import os
-import threading
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 import ujson
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from snapref.catalog import schema as t
+from snapref.catalog.engine import ENGINES, safe_url
 from snapref.catalog.migrate import MIGRATIONS, migrate
+from snapref.catalog.records import (
+    REST_COLUMNS,
+    SHOWN_COLUMNS,
+    DatasetRecord,
+    RefLogEntry,
+    RefRecord,
+    Snapshot,
+    format_time,
+    iso_now,
+    parse_time,
+)
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
-    CatalogUnavailableError,
     ConflictError,
     DatasetNotFoundError,
     VersionNotFoundError,
 )
 
-__all__ = ["Catalog", "DatasetRecord", "RefLogEntry", "RefRecord", "Snapshot", "iso_now"]
+__all__ = ["BRANCH", "MAIN_BRANCH", "TAG", "Catalog"]
 
 BRANCH, TAG = "branch", "tag"
 MAIN_BRANCH = "main"
-
-
-def iso_now() -> str:
-    """The current UTC time as ISO 8601 text with microseconds and a ``Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: str) -> datetime:
-    # fromisoformat is ~20x faster than strptime, which matters for a 10,000-version log
-    return datetime.fromisoformat(text)
-
-
-def format_time(when: datetime) -> str:
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-#: The columns ``snapref log`` shows, in the order a :class:`Snapshot` keeps them.
-SHOWN_COLUMNS = ("id", "version", "parents", "branch", "timestamp", "author", "message")
-#: The other columns of a snapshot row; a log reads them only when one entry needs them.
-REST_COLUMNS = ("dataset", "manifest", "snapref_version", "properties", "summary")
-
-
-class Snapshot:
-    """One immutable version of a dataset, with its provenance.
-
-    Read-only attributes: ``id``, ``dataset``, ``version``, ``manifest`` (digest of
-    the manifest list), ``parents`` (ids), ``branch``, ``timestamp`` (UTC datetime),
-    ``author``, ``message``, ``snapref_version``, ``properties``, ``summary``.
-
-    Made from a catalog row in two parts: ``shown`` holds the :data:`SHOWN_COLUMNS`,
-    ``rest`` the :data:`REST_COLUMNS` or, in a log, a :class:`_Deferred` that reads
-    them for every entry of the log at once when the first one asks. The JSON fields
-    and the time are decoded when first read, so a log of 10,000 versions costs
-    little more than fetching the columns it shows. Two snapshots are equal when
-    their ids are.
-    """
-
-    __slots__ = ("_decoded", "_rest", "_shown")
-
-    def __init__(self, shown: tuple[Any, ...], rest: tuple[Any, ...] | _Deferred) -> None:
-        self._shown = shown
-        self._rest = rest
-        self._decoded: dict[str, Any] | None = None  # made on first use: logs are long
-
-    def _rest_columns(self) -> tuple[Any, ...]:
-        if isinstance(self._rest, _Deferred):
-            self._rest = self._rest.rest(self._shown[0])
-        return self._rest
-
-    def _json(self, name: str, text: str) -> Any:
-        if self._decoded is None:
-            self._decoded = {}
-        try:
-            return self._decoded[name]
-        except KeyError:
-            value = self._decoded[name] = ujson.loads(text)
-            return value
-
-    id = property(lambda self: self._shown[0], doc="Unique id (32 hex digits).")
-    version = property(lambda self: int(self._shown[1]), doc="1, 2, 3... per dataset.")
-    branch = property(lambda self: self._shown[3], doc="Branch it was committed to.")
-    author = property(lambda self: self._shown[5])
-    message = property(lambda self: self._shown[6])
-    dataset = property(lambda self: self._rest_columns()[0], doc="Name of the dataset.")
-    manifest = property(lambda self: self._rest_columns()[1], doc="Digest of the manifest list.")
-    snapref_version = property(lambda self: self._rest_columns()[2])
-
-    @property
-    def parents(self) -> tuple[str, ...]:
-        """Ids of the parent snapshots (two for a merge, none for the first)."""
-        return tuple(self._json("parents", self._shown[2]))
-
-    @property
-    def timestamp(self) -> datetime:
-        """When it was committed (UTC)."""
-        return datetime.fromisoformat(self._shown[4])
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        """User properties recorded with the commit."""
-        return dict(self._json("properties", self._rest_columns()[3]))
-
-    @property
-    def summary(self) -> dict[str, int]:
-        """chunks_added, chunks_modified, chunks_removed, bytes_written, ..."""
-        return dict(self._json("summary", self._rest_columns()[4]))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Snapshot) and other.id == self.id
-
-    def __hash__(self) -> int:
-        return hash(self.id)
-
-    def __repr__(self) -> str:
-        return (
-            f"Snapshot(dataset={self.dataset!r}, version={self.version}, id={self.id!r}, "
-            f"branch={self.branch!r}, message={self.message!r})"
-        )
-
-    def __reduce__(self) -> Any:
-        return Snapshot, (self._shown, self._rest_columns())
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields of ``snapref log --json``."""
-        return {
-            "version": self.version,
-            "id": self.id,
-            "dataset": self.dataset,
-            "timestamp": self._shown[4],
-            "author": self.author,
-            "message": self.message,
-            "parents": list(self.parents),
-            "branch": self.branch,
-            "properties": self.properties,
-            "summary": self.summary,
-            "snapref_version": self.snapref_version,
-            "manifest": self.manifest,
-        }
-
-
-@dataclass(frozen=True)
-class RefLogEntry:
-    """One change of a ref: the audit log and the history ``as_of`` reads."""
-
-    id: str
-    dataset: str
-    ref: str
-    action: str
-    old_snapshot: str | None
-    new_snapshot: str | None
-    timestamp: datetime
-    author: str
-    message: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "ref": self.ref,
-            "action": self.action,
-            "old": self.old_snapshot,
-            "new": self.new_snapshot,
-            "timestamp": format_time(self.timestamp),
-            "author": self.author,
-            "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class DatasetRecord:
-    name: str
-    created_at: datetime
-    description: str
-    properties: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class RefRecord:
-    """A branch or tag of a dataset."""
-
-    dataset: str
-    name: str
-    kind: str
-    snapshot_id: str
 
 
 class _Deferred:
@@ -245,187 +87,15 @@ def new_snapshot_id() -> str:
     return uuid.uuid4().hex
 
 
-#: What to check when a catalog cannot be opened, per SQLAlchemy dialect.
-_UNAVAILABLE_HINTS = {
-    "sqlite": "Check the path and that you may read and write it.",
-    "postgresql": (
-        "Check that the server runs and that the host, port, database, user and password "
-        "are right (a password is never recorded: pass it with --catalog or SNAPREF_CATALOG)."
-    ),
-    "duckdb": (
-        "A duckdb catalog can be open in one process at a time: close the other process "
-        "(or its Repository), or put the catalog on PostgreSQL for many writers."
-    ),
-}
-#: The extra that installs each dialect's driver.
-_DRIVER_EXTRAS = {"postgresql": "snapref[postgresql]", "duckdb": "snapref[duckdb]"}
-
-
-class _Engines:
-    """The engines of this process, one per catalog database, shared by every
-    :class:`Catalog` open on it.
-
-    SQLAlchemy's advice is one long-lived engine per database: it keeps compiled
-    statements and pooled connections, so opening a repository again (every
-    ``snapref.open(url, ...)`` does) costs no new connection or compilation. An engine
-    is disposed when the last catalog using it is closed or garbage-collected, which
-    also releases a duckdb file's lock. Keys hold the process id (pooled connections
-    must not cross a fork) and, for a database file, its inode (a file deleted and
-    made again is a new database).
-
-    A catalog collected as garbage is released from inside the garbage collector,
-    which may run while this very thread holds the lock: that release never waits
-    for the lock, it is queued and done by whoever holds it.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._engines: dict[tuple[Any, ...], tuple[Engine, int]] = {}
-        self._queued: list[tuple[Any, ...]] = []  # releases from the garbage collector
-
-    def acquire(self, url: str) -> tuple[tuple[Any, ...], Engine]:
-        key = (os.getpid(), url, _file_identity(url))
-        with self._lock:
-            engine, users = self._engines.get(key) or (None, 0)
-            if engine is not None:
-                self._engines[key] = (engine, users + 1)
-        if engine is None:
-            fresh = _open_engine(url)  # slow, and may fail: not under the lock
-            with self._lock:
-                engine, users = self._engines.get(key) or (fresh, 0)
-                self._engines[key] = (engine, users + 1)
-            if engine is not fresh:  # another thread opened it meanwhile
-                fresh.dispose()
-        self._dispose(self._take_queued())
-        return key, engine
-
-    def release(self, key: tuple[Any, ...], *, collecting: bool = False) -> None:
-        """One user fewer of ``key``'s engine; dispose it after the last one.
-        ``collecting``: called by the garbage collector (never wait for the lock)."""
-        if collecting and not self._lock.acquire(blocking=False):
-            self._queued.append(key)  # list.append needs no lock
-            return
-        if not collecting:
-            self._lock.acquire()
-        try:
-            done = [self._drop(k) for k in (key, *self._pop_queued())]
-        finally:
-            self._lock.release()
-        self._dispose(done)
-
-    def _take_queued(self) -> list[Engine | None]:
-        if not self._queued:
-            return []
-        with self._lock:
-            return [self._drop(k) for k in self._pop_queued()]
-
-    def _pop_queued(self) -> list[tuple[Any, ...]]:
-        out = []
-        while self._queued:
-            out.append(self._queued.pop())
-        return out
-
-    def _drop(self, key: tuple[Any, ...]) -> Engine | None:
-        """Under the lock: one user fewer; the engine if that was the last one."""
-        engine, users = self._engines.pop(key, (None, 0))
-        if engine is not None and users > 1:
-            self._engines[key] = (engine, users - 1)
-            return None
-        return engine if key[0] == os.getpid() else None
-
-    @staticmethod
-    def _dispose(engines: list[Engine | None]) -> None:
-        for engine in engines:
-            if engine is not None:
-                engine.dispose()
-
-
-_ENGINES = _Engines()
-
-
-def _file_identity(url: str) -> tuple[int, int] | None:
-    """(device, inode) of a SQLite/duckdb database file, None for a server or no file."""
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
-        return None
-    if parsed.get_backend_name() not in ("sqlite", "duckdb") or not parsed.database:
-        return None
-    try:
-        st = os.stat(parsed.database)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _open_engine(url: str) -> Engine:
-    """An engine for ``url`` that has connected once, or a clear error saying why not."""
-    try:
-        engine = _make_engine(url)
-    except (sa.exc.NoSuchModuleError, ImportError) as exc:
-        dialect = url.split(":", 1)[0].split("+", 1)[0]
-        extra = _DRIVER_EXTRAS.get(dialect)
-        fix = f"pip install '{extra}'" if extra else "install the driver named there"
-        raise CatalogUnavailableError(
-            f"Cannot open the catalog {_safe_url(url)}: its database driver is not "
-            f"installed ({exc}); {fix}"
-        ) from exc
-    except sa.exc.ArgumentError as exc:
-        raise CatalogUnavailableError(
-            f"{_safe_url(url)} is not a catalog URL ({exc}). Give an SQLAlchemy URL, e.g. "
-            "sqlite:////abs/path/catalog.db, duckdb:////abs/path/catalog.duckdb or "
-            "postgresql+psycopg://user@host/db."
-        ) from exc
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.DBAPIError as exc:
-        engine.dispose()
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        hint = _UNAVAILABLE_HINTS.get(engine.dialect.name, "Check the URL.")
-        raise CatalogUnavailableError(
-            f"Cannot open the catalog {_safe_url(url)}: {reason}. {hint}"
-        ) from exc
-    return engine
-
-
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            # let SQLAlchemy, not pysqlite, decide where transactions begin
-            dbapi_connection.isolation_level = None
-            cur = dbapi_connection.cursor()
-            cur.execute("PRAGMA foreign_keys=ON")
-            # WAL: readers never block the writer. synchronous=NORMAL in WAL mode keeps
-            # every commit atomic (a crash shows the old or the new version, never a
-            # mix: invariant 2); a power cut may lose the latest commits, not corrupt.
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            # writers take the write lock up front, so two writers never deadlock
-            # upgrading a read lock; readers take none
-            write = conn.get_execution_options().get("snapref_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-        return engine
-    return sa.create_engine(url)
-
-
 class Catalog:
     """Typed access to the catalog tables of one repository."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        key, self.engine = _ENGINES.acquire(url)
+        key, self.engine = ENGINES.acquire(url)
         self._release_key = key
-        # the engine is shared (see _Engines): give it back on close, or when collected
-        self._release = weakref.finalize(self, _ENGINES.release, key, collecting=True)
+        # the engine is shared (see engine.Engines): give it back on close, or when collected
+        self._release = weakref.finalize(self, ENGINES.release, key, collecting=True)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -443,7 +113,7 @@ class Catalog:
         if sa.inspect(engine).has_table(t.schema_info.name):
             catalog.close()
             raise AlreadyExistsError(
-                f"The database {_safe_url(url)} holds a snapref catalog already; "
+                f"The database {safe_url(url)} holds a snapref catalog already; "
                 "connect to it instead of creating a new one"
             )
         t.metadata.create_all(engine)
@@ -462,7 +132,7 @@ class Catalog:
         except sa.exc.SQLAlchemyError as exc:
             catalog.close()
             raise CatalogSchemaError(
-                f"{_safe_url(url)} is not a snapref catalog ({exc.__class__.__name__}). "
+                f"{safe_url(url)} is not a snapref catalog ({exc.__class__.__name__}). "
                 "Create one with 'snapref init'."
             ) from exc
         if version in MIGRATIONS and version < t.SCHEMA_VERSION:
@@ -478,7 +148,7 @@ class Catalog:
         if version != t.SCHEMA_VERSION:
             catalog.close()
             raise CatalogSchemaError(
-                f"The catalog {_safe_url(url)} has schema version {version}; this snapref "
+                f"The catalog {safe_url(url)} has schema version {version}; this snapref "
                 f"uses version {t.SCHEMA_VERSION}. Upgrade snapref, or migrate the catalog "
                 "with the scripts in catalog_schemas/."
             )
@@ -488,7 +158,7 @@ class Catalog:
         """Give the engine back; the last catalog open on a database disposes it."""
         if self._release.detach() is not None:  # not closed or collected before
             key = self._release_key
-            _ENGINES.release(key)
+            ENGINES.release(key)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -1044,11 +714,3 @@ def _dataset(row: Any) -> DatasetRecord:
         description=row.description,
         properties=ujson.loads(row.properties),
     )
-
-
-def _safe_url(url: str) -> str:
-    """``url`` with any password hidden, for messages."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url

@@ -14,7 +14,7 @@ import ujson
 import snapref
 from snapref import progress
 from snapref.catalog import Snapshot
-from snapref.catalog.sql import format_time
+from snapref.catalog.records import format_time
 from snapref.errors import SnapRefError
 from snapref.repository import Repository
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from snapref.catalog.sql import format_time
+from snapref.catalog.records import format_time
 from snapref.cli._common import (
     Context,
     author_option,
