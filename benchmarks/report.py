@@ -99,8 +99,13 @@ def evaluate(rec: Recorder) -> list[Verdict]:
                 times(0.8, write["zarr"]),
                 ">=",
             )
-        check(f"W3 {case}: snapref >= 1.0 x Icechunk", read["snapref"], read["icechunk"], ">=")
-        check(f"W4 {case}: snapref >= 1.0 x Icechunk", write["snapref"], write["icechunk"], ">=")
+        # on S3 the figure is snapref's with obstore behind fsspec's s3 protocol (the
+        # configuration docs/user-guide.md gives for speed); the s3fs rows are shown too
+        ours = "snapref" if case == "local" else "snapref+obstore"
+        read[ours] = med("W3", case, ours, "read throughput")
+        write[ours] = med("W4", case, ours, "write+commit throughput")
+        check(f"W3 {case}: {ours} >= 1.0 x Icechunk", read[ours], read["icechunk"], ">=")
+        check(f"W4 {case}: {ours} >= 1.0 x Icechunk", write[ours], write["icechunk"], ">=")
     # W5: dedupe
     for case, metric, limit, text in (
         (

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -343,3 +345,52 @@ def test_a_relative_sqlite_catalog_is_recorded_absolute(
     repo = snapref.connect("s3://bucket/rel", storage_options=s3_bucket)
     assert repo.db.url == f"sqlite:///{tmp_path}/cat.db"
     assert repo.datasets() == []
+
+
+@contextmanager
+def _obstore_for_s3() -> Iterator[None]:
+    """fsspec's ``s3`` protocol served by obstore's adapter (Rust's object_store) while
+    inside, s3fs again after: what a user does with ``obstore.fsspec.register("s3")``."""
+    import obstore.fsspec
+
+    obstore.fsspec.register("s3", asynchronous=True)
+    try:
+        yield
+    finally:
+        fsspec.register_implementation("s3", s3fs.S3FileSystem, clobber=True)
+
+
+def test_a_warehouse_on_obstores_s3_client(
+    s3_bucket: dict[str, Any], s3_refs: dict[str, Any], tmp_path: Path
+) -> None:
+    # the same moto server, in obstore's option names
+    options = {
+        "config": {
+            "endpoint": s3_bucket["endpoint_url"],
+            "access_key_id": s3_bucket["key"],
+            "secret_access_key": s3_bucket["secret"],
+            "region": "us-east-1",
+        },
+        "client_options": {"allow_http": True},
+    }
+    catalog = _catalog_url(tmp_path)
+    expected = _expected_after_edit()
+    with _obstore_for_s3():
+        with snapref.init(REPO, catalog=catalog, storage_options=options) as repo:
+            assert type(repo.warehouse.fs).__module__.startswith("obstore")
+            repo.import_references("air", s3_refs, message="Import air.h5 from S3")
+            with repo.transaction("air", message="Edit through obstore") as tx:
+                temp = zarr.open_group(tx.store, mode="r+")["temp"]
+                temp[1, 5, 10:14] = temp[1, 5, 10:14] / 2
+                temp[7, 39, 59] = -1.0
+            assert tx.snapshot is not None and tx.snapshot.summary["objects_written"] == 2
+            # version 1 reads the HDF5 object's byte ranges, version 2 the new objects
+            np.testing.assert_array_equal(snapref.open(repo, "air", 1)["temp"][:], temp_values())
+            np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], expected)
+    # what obstore wrote are plain S3 objects: s3fs reads the same repository
+    with snapref.connect(REPO, storage_options=s3_bucket) as repo:
+        assert [s.message for s in repo.log("air")] == [
+            "Edit through obstore",
+            "Import air.h5 from S3",
+        ]
+        np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], expected)
