@@ -41,14 +41,28 @@ def run(rec: Recorder, quick: bool) -> None:
         refs = virtual_refs(d / "blob.bin", side)
         expected = (row * side + col) % 2**16  # the blob holds uint16 0, 1, 2, ...
         (d / "v1.json").write_text(json.dumps(refs))
-        _snapref(rec, d, refs, versions, repeats, row, col, expected)
-        for split in (False, True):
-            _icechunk(rec, d, side, versions, repeats, row, col, expected, split)
-        _kerchunk(rec, d, repeats, row, col, expected)
-    _import_floor(rec, repeats)
+        systems = [
+            _snapref(d, refs, versions, repeats, row, col, expected),
+            *(_icechunk(d, side, versions, repeats, row, col, expected, s) for s in (False, True)),
+            _kerchunk(d, repeats, row, col, expected),
+            _import_floor(),
+        ]
+        # the fresh processes take turns, so that a slow spell of this shared machine
+        # falls on every system alike
+        fresh: dict[str, list[dict]] = {name: [] for name, _, _ in systems}
+        for _ in range(repeats):
+            for name, _, code in systems:
+                fresh[name].append(run_child(code))
+    for name, warm, _ in systems:
+        if warm:
+            rec.add("W2", "warm", name, "open+read time", "s", warm)
+        rec.add(
+            "W2", "fresh process", name, "open+read time", "s", [f["wall"] for f in fresh[name]]
+        )
+        rec.add("W2", "fresh process", name, "peak RSS", "MB", [f["rss"] for f in fresh[name]])
 
 
-def _import_floor(rec: Recorder, repeats: int) -> None:
+def _import_floor() -> tuple[str, list[float], str]:
     """What a fresh process pays before snapref runs a line of its own: importing the
     libraries the issue chose for it (zarr, pyarrow's parquet reader, SQLAlchemy,
     fsspec's reference filesystem). Shown beside the systems as a floor."""
@@ -59,29 +73,13 @@ import json, zarr, pyarrow.parquet, sqlalchemy, fsspec.implementations.reference
 print(json.dumps({"rss": _peak_rss_mb()}))
 """
     )
-    fresh = [run_child(code) for _ in range(repeats)]
-    rec.add(
-        "W2",
-        "fresh process",
-        "imports only (floor)",
-        "open+read time",
-        "s",
-        [f["wall"] for f in fresh],
-    )
-    rec.add(
-        "W2", "fresh process", "imports only (floor)", "peak RSS", "MB", [f["rss"] for f in fresh]
-    )
-
-
-def _add(rec: Recorder, system: str, warm: list[float], fresh: list[dict]) -> None:
-    rec.add("W2", "warm", system, "open+read time", "s", warm)
-    rec.add("W2", "fresh process", system, "open+read time", "s", [f["wall"] for f in fresh])
-    rec.add("W2", "fresh process", system, "peak RSS", "MB", [f["rss"] for f in fresh])
+    return "imports only (floor)", [], code
 
 
 def _snapref(
-    rec, d: Path, refs, versions: int, repeats: int, row: int, col: int, expected: int
-) -> None:
+    d: Path, refs, versions: int, repeats: int, row: int, col: int, expected: int
+) -> tuple[str, list[float], str]:
+    """snapref's warm times, and the code a fresh process runs."""
     import snapref
     from snapref.manifest import SHARD_CACHE
 
@@ -112,11 +110,10 @@ assert v == {expected}, v
 print(json.dumps({{"rss": _peak_rss_mb()}}))
 """
     )
-    _add(rec, "snapref", warm, [run_child(code) for _ in range(repeats)])
+    return "snapref", warm, code
 
 
 def _icechunk(
-    rec,
     d: Path,
     side: int,
     versions: int,
@@ -125,7 +122,7 @@ def _icechunk(
     col: int,
     expected: int,
     split: bool,
-) -> None:
+) -> tuple[str, list[float], str]:
     ic = quiet_icechunk()
     path = d / ("ice-split" if split else "ice")
     repo, first = icechunk_virtual_import(path, d, side, split)
@@ -163,15 +160,12 @@ assert v == {expected}, v
 print(json.dumps({{"rss": _peak_rss_mb()}}))
 """
     )
-    _add(
-        rec,
-        "icechunk-split" if split else "icechunk",
-        warm,
-        [run_child(code) for _ in range(repeats)],
-    )
+    return ("icechunk-split" if split else "icechunk"), warm, code
 
 
-def _kerchunk(rec, d: Path, repeats: int, row: int, col: int, expected: int) -> None:
+def _kerchunk(
+    d: Path, repeats: int, row: int, col: int, expected: int
+) -> tuple[str, list[float], str]:
     """The blog's method: version 1 is a JSON reference file; open it and read."""
     import fsspec
     from zarr.storage import FsspecStore
@@ -199,4 +193,4 @@ assert v == {expected}, v
 print(json.dumps({{"rss": _peak_rss_mb()}}))
 """
     )
-    _add(rec, "kerchunk-json", warm, [run_child(code) for _ in range(repeats)])
+    return "kerchunk-json", warm, code
