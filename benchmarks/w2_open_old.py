@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import zarr
@@ -62,6 +63,16 @@ def run(rec: Recorder, quick: bool) -> None:
         rec.add("W2", "fresh process", name, "peak RSS", "MB", [f["rss"] for f in fresh[name]])
 
 
+def _warm(open_read: Callable[[], int], repeats: int, expected: int) -> list[float]:
+    """Times of ``repeats`` calls of ``open_read``, each checked to read ``expected``."""
+    times = []
+    for _ in range(repeats):
+        t, value = timed(open_read)
+        assert value == expected, value
+        times.append(t)
+    return times
+
+
 def _import_floor() -> tuple[str, list[float], str]:
     """What a fresh process pays before snapref runs a line of its own: importing the
     libraries the issue chose for it (zarr, pyarrow's parquet reader, SQLAlchemy,
@@ -95,12 +106,8 @@ def _snapref(
         SHARD_CACHE._items.clear()
         return int(snapref.open(url, "a", version=1)["v"][row, col])
 
-    warm = []
     with snapref.connect(url):  # the application's handle: its engine stays
-        for _ in range(repeats):
-            t, value = timed(open_read)
-            assert value == expected, value
-            warm.append(t)
+        warm = _warm(open_read, repeats, expected)
     code = (
         CHILD_PEAK_RSS
         + f"""
@@ -140,11 +147,7 @@ def _icechunk(
         sess = r.readonly_session(snapshot_id=first)
         return int(zarr.open_array(sess.store, path="v", mode="r")[row, col])
 
-    warm = []
-    for _ in range(repeats):
-        t, value = timed(open_read)
-        assert value == expected, value
-        warm.append(t)
+    warm = _warm(open_read, repeats, expected)
     code = (
         CHILD_PEAK_RSS
         + f"""
@@ -177,11 +180,7 @@ def _kerchunk(
         g = zarr.open_group(FsspecStore(fs, path=""), mode="r", zarr_format=2)
         return int(g["v"][row, col])
 
-    warm = []
-    for _ in range(repeats):
-        t, value = timed(open_read)
-        assert value == expected, value
-        warm.append(t)
+    warm = _warm(open_read, repeats, expected)
     code = (
         CHILD_PEAK_RSS
         + f"""

@@ -57,8 +57,6 @@ def _throughput(
 
 
 def _local(rec: Recorder, d: Path, copies: list[np.ndarray], repeats: int) -> None:
-    import snapref
-
     data = copies[0]
     n = data.nbytes
 
@@ -95,26 +93,7 @@ def _local(rec: Recorder, d: Path, copies: list[np.ndarray], repeats: int) -> No
 
     _throughput(rec, "local", "icechunk", n, iw, ir, repeats)
 
-    repo = snapref.init(str(d / "snapref"))
-
-    def sw(r: int) -> None:
-        repo.import_references(
-            f"a{r}", {"version": 1, "refs": {".zgroup": '{"zarr_format": 2}'}}, "empty"
-        )
-        with repo.transaction(f"a{r}", message="write") as tx:
-            zarr.create_array(
-                tx.store,
-                name="v",
-                shape=data.shape,
-                chunks=CHUNK,
-                dtype="float32",
-                compressors=None,
-            )[:] = copies[r]
-
-    _throughput(
-        rec, "local", "snapref", n, sw, lambda r: snapref.open(repo, f"a{r}")["v"][:], repeats
-    )
-    repo.close()
+    _snapref(rec, "local", "snapref", str(d / "snapref"), None, {}, copies, repeats)
 
 
 def _serve_moto(conn: Any) -> None:
@@ -247,37 +226,49 @@ def _snapref_s3(
     import fsspec
     import s3fs
 
-    import snapref
-
-    data = copies[0]
     if obstore:
         import obstore.fsspec
 
         obstore.fsspec.register("s3", asynchronous=True)
     try:
-        catalog = Path(tempfile.mkdtemp()) / "catalog.db"
-        repo = snapref.init(
-            f"s3://bench/{system}", catalog=f"sqlite:///{catalog}", storage_options=options
-        )
-
-        def sw(r: int) -> None:
-            repo.import_references(
-                f"a{r}", {"version": 1, "refs": {".zgroup": '{"zarr_format": 2}'}}, "empty"
-            )
-            with repo.transaction(f"a{r}", message="write") as tx:
-                zarr.create_array(
-                    tx.store,
-                    name="v",
-                    shape=data.shape,
-                    chunks=CHUNK,
-                    dtype="float32",
-                    compressors=None,
-                )[:] = copies[r]
-
-        def sr(r: int) -> np.ndarray:
-            return snapref.open(repo, f"a{r}")["v"][:]
-
-        _throughput(rec, "s3", system, data.nbytes, sw, sr, repeats)
-        repo.close()
+        catalog = f"sqlite:///{Path(tempfile.mkdtemp()) / 'catalog.db'}"
+        _snapref(rec, "s3", system, f"s3://bench/{system}", catalog, options, copies, repeats)
     finally:
         fsspec.register_implementation("s3", s3fs.S3FileSystem, clobber=True)
+
+
+def _snapref(
+    rec: Recorder,
+    case: str,
+    system: str,
+    url: str,
+    catalog: str | None,
+    options: dict[str, Any],
+    copies: list[np.ndarray],
+    repeats: int,
+) -> None:
+    """snapref's W4 (new dataset per copy, written through zarr, committed) and W3."""
+    import snapref
+
+    data = copies[0]
+    repo = snapref.init(url, catalog=catalog, storage_options=options)
+
+    def sw(r: int) -> None:
+        repo.import_references(
+            f"a{r}", {"version": 1, "refs": {".zgroup": '{"zarr_format": 2}'}}, "empty"
+        )
+        with repo.transaction(f"a{r}", message="write") as tx:
+            zarr.create_array(
+                tx.store,
+                name="v",
+                shape=data.shape,
+                chunks=CHUNK,
+                dtype="float32",
+                compressors=None,
+            )[:] = copies[r]
+
+    def sr(r: int) -> np.ndarray:
+        return snapref.open(repo, f"a{r}")["v"][:]
+
+    _throughput(rec, case, system, data.nbytes, sw, sr, repeats)
+    repo.close()

@@ -93,7 +93,6 @@ class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
         key, self.engine = ENGINES.acquire(url)
-        self._release_key = key
         # the engine is shared (see engine.Engines): give it back on close, or when collected
         self._release = weakref.finalize(self, ENGINES.release, key, collecting=True)
 
@@ -156,8 +155,9 @@ class Catalog:
 
     def close(self) -> None:
         """Give the engine back; the last catalog open on a database disposes it."""
-        if self._release.detach() is not None:  # not closed or collected before
-            key = self._release_key
+        detached = self._release.detach()  # None: closed or collected before
+        if detached is not None:
+            _obj, _func, (key,), _kw = detached
             ENGINES.release(key)
 
     @contextmanager
