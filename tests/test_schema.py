@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 import snapref
 from snapref.catalog import schema
-from snapref.catalog.migrate import MIGRATIONS
+from snapref.catalog.migrate import DIALECT_MIGRATIONS, MIGRATIONS
+from snapref.catalog.records import SHOWN_COLUMNS
 from snapref.catalog.schema import SCHEMA_VERSION, ddl
 from snapref.manifest import _SCHEMA
 
@@ -34,7 +35,7 @@ def test_created_catalog_has_exactly_the_schema(tmp_path: Path) -> None:
     for name, table in schema.metadata.tables.items():
         assert [c["name"] for c in inspector.get_columns(name)] == [c.name for c in table.columns]
     with repo.db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one() == 2
+        assert conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one() == 3
 
 
 def test_catalog_of_another_version_is_refused(tmp_path: Path) -> None:
@@ -50,7 +51,28 @@ def test_migration_files_match_code() -> None:
     for version, sql in MIGRATIONS.items():
         path = SCHEMAS / "migrations" / f"v{version}_to_v{version + 1}.sql"
         assert path.read_text() == sql
+    for (version, dialect), sql in DIALECT_MIGRATIONS.items():
+        path = SCHEMAS / "migrations" / f"v{version}_to_v{version + 1}.{dialect}.sql"
+        assert path.read_text() == sql
     assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
+    files = {p.name for p in (SCHEMAS / "migrations").glob("*.sql")}
+    assert len(files) == len(MIGRATIONS) + len(DIALECT_MIGRATIONS)
+
+
+def test_sqlite_log_reads_only_its_index(tmp_path: Path) -> None:
+    """The log's query (the columns a log shows, newest first) is answered from
+    ix_snapshots_log alone, without a table lookup per version."""
+    repo = snapref.init(str(tmp_path / "wh"))
+    repo.import_references("d", _refs(), "import")
+    with repo.db.engine.connect() as conn:
+        plan = conn.exec_driver_sql(
+            f"EXPLAIN QUERY PLAN SELECT {', '.join(SHOWN_COLUMNS)} FROM snapshots "
+            "WHERE dataset = 'd' ORDER BY version DESC"
+        ).all()
+    assert [row[-1] for row in plan] == [
+        "SEARCH snapshots USING COVERING INDEX ix_snapshots_log (dataset=?)"
+    ]
+    repo.close()
 
 
 def _schema_of(engine: sa.Engine) -> dict[str, Any]:
@@ -96,7 +118,7 @@ def _make_version_1_repository(tmp_path: Path, catalog_url: str | None) -> Path:
     from snapref.catalog.migrate import statements
 
     wh = tmp_path / "old"
-    # real manifests first, from a throwaway version-2 catalog
+    # real manifests first, from a throwaway catalog of the current version
     repo = snapref.init(str(wh), catalog=f"sqlite:///{tmp_path / 'scratch.db'}")
     snaps = [repo.import_references("d", _refs(), "import")]
     for value in (1, 2):
@@ -162,7 +184,7 @@ def test_a_version_1_repository_is_migrated_on_connect(
     repo = snapref.connect(str(wh))
     assert repo.db.engine.dialect.name == catalog_kind
     with repo.db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one() == 2
+        assert conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one() == 3
     # the migrated catalog has the tables, columns and indexes of a new one
     fresh_url = {
         "sqlite": None,
@@ -184,7 +206,7 @@ def test_a_version_1_repository_is_migrated_on_connect(
     assert snapref.open(repo, "d")["x"][:].tolist() == [2, 2, 2]
     assert repo.audit("d")[-1].action == "merge"
     repo.close()
-    # a second connect finds version 2 and changes nothing
+    # a second connect finds the current version and changes nothing
     assert snapref.connect(str(wh)).log("d")[0].version == 4
 
 

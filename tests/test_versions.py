@@ -92,6 +92,17 @@ def test_provenance_is_recorded(air: snapref.Repository) -> None:
     assert air.resolve("air", 1).author == "Test Author <test@example.org>"
 
 
+def test_a_long_message_is_recorded_whole(air: snapref.Repository) -> None:
+    """Messages of any length commit on every catalog (a PostgreSQL B-tree entry holds
+    ~2.7 KB, so no index there may include the message) and come back whole."""
+    import random
+
+    message = "".join(random.choices("abcdefghij klmnopqrstuvwxyz", k=20_000))
+    with air.transaction("air", message=message) as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 2
+    assert [s.message for s in air.log("air")] == [message, "Import air.h5"]
+
+
 def test_templates_and_generators_are_expanded(repo: snapref.Repository, tmp_path: Any) -> None:
     data = tmp_path / "blob.bin"
     data.write_bytes(bytes(range(40)))

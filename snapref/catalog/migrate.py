@@ -1,8 +1,10 @@
 """Upgrading a catalog made by an older snapref, one schema step at a time.
 
-Each step is portable SQL kept verbatim in ``catalog_schemas/migrations/vN_to_vN+1.sql``
-(a test keeps the two equal). :meth:`Catalog.open` runs the missing steps in one
-transaction, so a crash mid-way leaves the catalog at its old version.
+Each step is portable SQL kept verbatim in ``catalog_schemas/migrations/vN_to_vN+1.sql``,
+sometimes preceded by a script for one kind of database only
+(``vN_to_vN+1.<dialect>.sql``, e.g. an index only SQLite has); a test keeps the files
+and this module equal. :meth:`Catalog.open` runs the missing steps in one transaction,
+so a crash mid-way leaves the catalog at its old version.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-__all__ = ["MIGRATIONS", "migrate", "statements"]
+__all__ = ["DIALECT_MIGRATIONS", "MIGRATIONS", "migrate", "statements"]
 
 #: ``{from_version: SQL text}``; the text is the file ``v{N}_to_v{N+1}.sql``.
 MIGRATIONS: dict[int, str] = {
@@ -43,6 +45,25 @@ CREATE INDEX ix_snapshot_changes_key_snapshot ON snapshot_changes ("key", snapsh
 
 UPDATE snapref_schema SET version = 2;
 """,
+    2: """\
+-- snapref catalog schema migration: version 2 -> version 3
+-- Portable SQL (SQLite, PostgreSQL, duckdb), run after v2_to_v3.<dialect>.sql where
+-- there is one for the catalog's database (v2_to_v3.sqlite.sql: the log's index).
+
+UPDATE snapref_schema SET version = 3;
+""",
+}
+
+#: ``{(from_version, dialect): SQL text}``, run before the portable step on that kind of
+#: database only; the text is the file ``v{N}_to_v{N+1}.{dialect}.sql``.
+DIALECT_MIGRATIONS: dict[tuple[int, str], str] = {
+    (2, "sqlite"): """\
+-- snapref catalog schema migration: version 2 -> version 3, SQLite only
+-- The log reads the columns it shows from this index alone, in version order.
+-- (PostgreSQL limits B-tree entries to ~2.7 KB, which a long message would exceed.)
+
+CREATE INDEX ix_snapshots_log ON snapshots (dataset, version, id, parents, branch, timestamp, author, message);
+""",
 }
 
 
@@ -56,8 +77,10 @@ def statements(sql: str) -> list[str]:
 def migrate(conn: Connection, from_version: int, to_version: int) -> None:
     """Run the steps from ``from_version`` to ``to_version`` on ``conn`` (inside the
     caller's transaction)."""
+    dialect = conn.dialect.name
     for version in range(from_version, to_version):
-        for stmt in statements(MIGRATIONS[version]):
+        script = DIALECT_MIGRATIONS.get((version, dialect), "") + MIGRATIONS[version]
+        for stmt in statements(script):
             conn.exec_driver_sql(stmt.rstrip(";"))
     check = conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one()
     assert check == to_version, check
