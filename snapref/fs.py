@@ -20,12 +20,13 @@ import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.implementations.reference import ReferenceFileSystem
 from fsspec.utils import get_protocol
+from zarr.core.buffer import Buffer
 from zarr.storage import FsspecStore
 
 from snapref.errors import DisallowedSourceError, ReadOnlyError, TransactionClosedError
 from snapref.keys import is_metadata_key, validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
-from snapref.objects import ContentStore, new_async_fs, wrapped_fs
+from snapref.objects import BytesLike, ContentStore, new_async_fs, wrapped_fs
 
 __all__ = ["SnapshotFileSystem", "SnapshotStore", "SourcePolicy", "StagedReferences"]
 
@@ -519,22 +520,24 @@ class SnapshotFileSystem(ReferenceFileSystem):
         sync(self.loop, self._pipe_file, path, value, mode=mode)
 
     async def _pipe_file(
-        self, path: str, data: bytes, mode: str = "overwrite", **kwargs: Any
+        self, path: str, data: BytesLike, mode: str = "overwrite", **kwargs: Any
     ) -> None:
+        """Stage ``data`` as the value of ``path``; ``data`` may be any bytes-like
+        object, read before this returns and not kept."""
         path = self._strip_protocol(path)
         self._check_writable(path)
         if mode == "create" and path in self._staged:
             raise FileExistsError(path)
         if is_metadata_key(path):
-            self._staged[path] = data  # small JSON, kept inline until the commit
+            self._staged[path] = bytes(data)  # small JSON, kept inline until the commit
             return
         # chunks go to the warehouse now, as immutable content-addressed objects:
         # staging holds references only, so an edit of any size needs no memory, and
         # the commit writes just the manifest. A discarded edit leaves unreachable
         # objects, as a crash before the commit would (invariant 2).
         validate_key(path)
-        digest, written = await self._objects.put_async(self._warehouse_fs, bytes(data))
-        self._staged.stage_object(path, ObjectRef(digest, len(data)), written)
+        digest, written = await self._objects.put_async(self._warehouse_fs, data)
+        self._staged.stage_object(path, ObjectRef(digest, memoryview(data).nbytes), written)
 
     async def _put_file(
         self, lpath: str, rpath: str, mode: str = "overwrite", **kwargs: Any
@@ -625,6 +628,17 @@ class SnapshotStore(FsspecStore):
     def _fs_path(self, key: str) -> str:
         root = self.path.rstrip("/")
         return (f"{root}/{key}" if root else key).rstrip("/")
+
+    async def set(self, key: str, value: Buffer, byte_range: tuple[int, int] | None = None) -> None:
+        """As ``FsspecStore.set``, without its copy of every chunk (``to_bytes()``, on
+        the event loop's thread): the filesystem hashes and writes zarr's own buffer,
+        which zarr keeps unchanged until this returns."""
+        if byte_range is not None or not isinstance(value, Buffer):
+            return await super().set(key, value, byte_range)
+        if not self._is_open:
+            await self._open()
+        self._check_writable()
+        await self.fs._pipe_file(self._fs_path(key), value.as_buffer_like())
 
     async def exists(self, key: str) -> bool:
         return await self.fs._isfile(self._fs_path(key))

@@ -19,7 +19,7 @@ import asyncio
 import functools
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Buffer, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,23 +32,29 @@ from fsspec.implementations.local import LocalFileSystem
 from snapref import progress
 from snapref.errors import IntegrityError
 
-__all__ = ["ContentStore", "Warehouse", "content_hash"]
+__all__ = ["BytesLike", "ContentStore", "Warehouse", "content_hash"]
+
+#: what the object store writes and hashes: bytes, or a view of zarr's own buffer
+BytesLike = Buffer
 
 #: How many requests one batch keeps in flight against remote storage.
 MAX_CONCURRENCY = 64
 
 
-#: inputs larger than this are hashed with several threads
-_PARALLEL_HASH = 8 << 20
+#: inputs larger than this are hashed with several threads (BLAKE3's own pool): a 4 MiB
+#: chunk's check then uses the cores that zarr's reads leave idle (W3 local reads of
+#: 4 MiB chunks, medians of 15: 2.8 -> 3.3 GB/s; plain Zarr 3.4)
+_PARALLEL_HASH = 1 << 20
 #: inside an event loop, inputs larger than this are hashed in a worker thread
 _THREAD_HASH = 256 << 10
 
 
-def content_hash(data: bytes) -> str:
+def content_hash(data: BytesLike) -> str:
     """The name of ``data`` in the warehouse: its BLAKE3 hash (256 bits), as 64 hex
-    digits. BLAKE3 is a cryptographic hash about 4x faster than BLAKE3 here (7.7 vs
+    digits. BLAKE3 is a cryptographic hash about 4x faster than SHA-256 here (7.7 vs
     1.7 GB/s on one core), and every read is checked against it."""
-    return blake3(data, max_threads=blake3.AUTO if len(data) > _PARALLEL_HASH else 1).hexdigest()
+    size = memoryview(data).nbytes
+    return blake3(data, max_threads=blake3.AUTO if size > _PARALLEL_HASH else 1).hexdigest()
 
 
 class Warehouse:
@@ -209,12 +215,13 @@ class ContentStore:
                 tick(len(part))
         return PutResult(len(todo), sum(len(b) for b in todo.values()))
 
-    async def put_async(self, afs: AsyncFileSystem, data: bytes) -> tuple[str, bool]:
-        """Store ``data`` from inside an event loop without blocking it: hashing and
-        local file writes run in a worker thread (the hash releases the GIL). Returns
-        the digest and whether anything was written."""
+    async def put_async(self, afs: AsyncFileSystem, data: BytesLike) -> tuple[str, bool]:
+        """Store ``data`` (any bytes-like object, not kept) from inside an event loop
+        without blocking it: hashing and local file writes run in a worker thread (the
+        hash releases the GIL). Returns the digest and whether anything was written."""
         if self.warehouse.is_local:
             return await asyncio.to_thread(self._put_local, data)
+        data = bytes(data)  # what S3 clients and other filesystems take
         if len(data) < _THREAD_HASH:
             digest = content_hash(data)
         else:
@@ -225,7 +232,7 @@ class ContentStore:
         await afs._pipe_file(path, data)
         return digest, True
 
-    def _put_local(self, data: bytes) -> tuple[str, bool]:
+    def _put_local(self, data: BytesLike) -> tuple[str, bool]:
         digest = content_hash(data)
         path = self.path(digest)
         if os.path.exists(path):
@@ -315,7 +322,7 @@ async def _exists_async(afs: AsyncFileSystem, path: str) -> bool:
     return bool(await afs._exists(path))
 
 
-def _atomic_write_local(path: str, data: bytes) -> None:
+def _atomic_write_local(path: str, data: BytesLike) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
