@@ -1,12 +1,18 @@
 """W4 then W3: write and commit a ~1 GiB array (256 chunks of 4 MiB, float32,
 uncompressed) as a new dataset, then read it whole — on local disk and on a moto S3
-server on loopback. Throughput in MB/s (10^6 bytes per second)."""
+server on loopback. Throughput in MB/s (10^6 bytes per second).
+
+The systems take turns (round-robin), write by write and read by read, so that what
+the machine carries over from one measurement to the next (dirty pages still being
+written back, a moto server holding more objects) falls on every system alike; run
+one system after another and the last one pays for the others' gigabytes. On local
+disk, each write starts after ``os.sync()`` (not timed), from no dirty pages."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,29 +37,33 @@ def run(rec: Recorder, quick: bool) -> None:
         _s3(rec, so, copies, 1 if quick else 2)
 
 
-def _throughput(
-    rec: Recorder,
-    case: str,
-    system: str,
-    nbytes: int,
-    write: Callable[[int], Any],
-    read: Callable[[int], np.ndarray],
-    repeats: int,
-) -> None:
-    """W4: ``repeats`` writes of a new copy each; W3: reads of the last copy, after one
-    unmeasured read, so that every system is read from a warm page cache."""
-    wt, rt = [], []
+#: a system's name, its write of copy ``r`` and its read of copy ``r``
+System = tuple[str, Callable[[int], Any], Callable[[int], np.ndarray]]
+
+
+def _throughput(rec: Recorder, case: str, systems: list[System], nbytes: int, repeats: int) -> None:
+    """W4: ``repeats`` rounds in which each system writes a new copy; W3: rounds in
+    which each system reads its last copy, after one unmeasured round, so that every
+    system is read from a warm page cache."""
+    writes: dict[str, list[float]] = {name: [] for name, _, _ in systems}
+    reads: dict[str, list[float]] = {name: [] for name, _, _ in systems}
     for r in range(repeats):
-        t, _ = timed(lambda r=r: write(r))
-        wt.append(nbytes / t / 1e6)
+        for name, write, _ in systems:
+            if case == "local":
+                os.sync()  # the previous system's dirty pages are not this one's to flush
+            t, _ = timed(lambda write=write, r=r: write(r))
+            writes[name].append(nbytes / t / 1e6)
     last = repeats - 1
-    read(last)
+    for _name, _, read in systems:
+        read(last)
     for _ in range(repeats + 2):  # reads are cheap and noisy: a few more
-        t, out = timed(lambda: read(last))
-        assert out.shape and out.dtype == np.float32
-        rt.append(nbytes / t / 1e6)
-    rec.add("W4", case, system, "write+commit throughput", "MB/s", wt)
-    rec.add("W3", case, system, "read throughput", "MB/s", rt)
+        for name, _, read in systems:
+            t, out = timed(lambda read=read: read(last))
+            assert out.shape and out.dtype == np.float32
+            reads[name].append(nbytes / t / 1e6)
+    for name, _, _ in systems:
+        rec.add("W4", case, name, "write+commit throughput", "MB/s", writes[name])
+        rec.add("W3", case, name, "read throughput", "MB/s", reads[name])
 
 
 def _local(rec: Recorder, d: Path, copies: list[np.ndarray], repeats: int) -> None:
@@ -67,15 +77,8 @@ def _local(rec: Recorder, d: Path, copies: list[np.ndarray], repeats: int) -> No
         )
         a[:] = copies[r]
 
-    _throughput(
-        rec,
-        "local",
-        "zarr",
-        n,
-        zw,
-        lambda r: zarr.open_array(str(d / f"zarr{r}"), mode="r")[:],
-        repeats,
-    )
+    def zr(r: int) -> np.ndarray:
+        return zarr.open_array(str(d / f"zarr{r}"), mode="r")[:]
 
     ic = quiet_icechunk()
 
@@ -91,9 +94,9 @@ def _local(rec: Recorder, d: Path, copies: list[np.ndarray], repeats: int) -> No
         repo = ic.Repository.open(ic.local_filesystem_storage(str(d / f"ice{r}")))
         return zarr.open_array(repo.readonly_session("main").store, path="v", mode="r")[:]
 
-    _throughput(rec, "local", "icechunk", n, iw, ir, repeats)
-
-    _snapref(rec, "local", "snapref", str(d / "snapref"), None, {}, copies, repeats)
+    with _snapref(str(d / "snapref"), None, {}, copies) as (sw, sr):
+        systems = [("zarr", zw, zr), ("icechunk", iw, ir), ("snapref", sw, sr)]
+        _throughput(rec, "local", systems, n, repeats)
 
 
 def _serve_moto(conn: Any) -> None:
@@ -164,8 +167,6 @@ def _s3(rec: Recorder, so: dict[str, Any], copies: list[np.ndarray], repeats: in
         store = FsspecStore.from_url(f"s3://bench/zarr{r}", storage_options=so, read_only=True)
         return zarr.open_array(store, mode="r")[:]
 
-    _throughput(rec, "s3", "zarr", n, zw, zr, repeats)
-
     ic = quiet_icechunk()
 
     def storage(r: int) -> Any:
@@ -192,12 +193,19 @@ def _s3(rec: Recorder, so: dict[str, Any], copies: list[np.ndarray], repeats: in
         repo = ic.Repository.open(storage(r))
         return zarr.open_array(repo.readonly_session("main").store, path="v", mode="r")[:]
 
-    _throughput(rec, "s3", "icechunk", n, iw, ir, repeats)
-
-    # snapref as installed (fsspec's s3 is s3fs), then with fsspec's s3 served by
+    # snapref as installed (fsspec's s3 is s3fs), and with fsspec's s3 served by
     # obstore's adapter, a Rust S3 client (docs/user-guide.md, "Faster S3")
-    _snapref_s3(rec, "snapref", so, copies, repeats)
-    _snapref_s3(rec, "snapref+obstore", _obstore_options(so), copies, repeats, obstore=True)
+    with (
+        _snapref_s3("snapref", so, copies) as (sw, sr),
+        _snapref_s3("snapref+obstore", _obstore_options(so), copies, obstore=True) as (ow, orr),
+    ):
+        systems = [
+            ("zarr", zw, zr),
+            ("icechunk", iw, ir),
+            ("snapref", sw, sr),
+            ("snapref+obstore", ow, orr),
+        ]
+        _throughput(rec, "s3", systems, n, repeats)
 
 
 def _obstore_options(so: dict[str, Any]) -> dict[str, Any]:
@@ -213,41 +221,55 @@ def _obstore_options(so: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@contextmanager
 def _snapref_s3(
-    rec: Recorder,
-    system: str,
-    options: dict[str, Any],
-    copies: list[np.ndarray],
-    repeats: int,
-    obstore: bool = False,
-) -> None:
+    system: str, options: dict[str, Any], copies: list[np.ndarray], obstore: bool = False
+) -> Iterator[tuple[Callable[[int], Any], Callable[[int], np.ndarray]]]:
+    """snapref's write and read on S3; with ``obstore``, each call runs with fsspec's
+    ``s3`` protocol served by obstore's adapter, and s3fs serves it again after."""
     import tempfile
 
+    catalog = f"sqlite:///{Path(tempfile.mkdtemp()) / 'catalog.db'}"
+    with ExitStack() as stack:
+        with _obstore_s3(obstore):
+            write, read = stack.enter_context(
+                _snapref(f"s3://bench/{system}", catalog, options, copies)
+            )
+
+        def sw(r: int) -> None:
+            with _obstore_s3(obstore):
+                write(r)
+
+        def sr(r: int) -> np.ndarray:
+            with _obstore_s3(obstore):
+                return read(r)
+
+        yield sw, sr
+
+
+@contextmanager
+def _obstore_s3(on: bool) -> Iterator[None]:
+    """fsspec's ``s3`` protocol served by obstore's adapter while inside (if ``on``)."""
+    if not on:
+        yield
+        return
     import fsspec
+    import obstore.fsspec
     import s3fs
 
-    if obstore:
-        import obstore.fsspec
-
-        obstore.fsspec.register("s3", asynchronous=True)
+    obstore.fsspec.register("s3", asynchronous=True)
     try:
-        catalog = f"sqlite:///{Path(tempfile.mkdtemp()) / 'catalog.db'}"
-        _snapref(rec, "s3", system, f"s3://bench/{system}", catalog, options, copies, repeats)
+        yield
     finally:
         fsspec.register_implementation("s3", s3fs.S3FileSystem, clobber=True)
 
 
+@contextmanager
 def _snapref(
-    rec: Recorder,
-    case: str,
-    system: str,
-    url: str,
-    catalog: str | None,
-    options: dict[str, Any],
-    copies: list[np.ndarray],
-    repeats: int,
-) -> None:
-    """snapref's W4 (new dataset per copy, written through zarr, committed) and W3."""
+    url: str, catalog: str | None, options: dict[str, Any], copies: list[np.ndarray]
+) -> Iterator[tuple[Callable[[int], Any], Callable[[int], np.ndarray]]]:
+    """snapref's W4 write (a new dataset per copy, written through zarr, committed)
+    and W3 read, over one repository at ``url``."""
     import snapref
 
     data = copies[0]
@@ -270,5 +292,7 @@ def _snapref(
     def sr(r: int) -> np.ndarray:
         return snapref.open(repo, f"a{r}")["v"][:]
 
-    _throughput(rec, case, system, data.nbytes, sw, sr, repeats)
-    repo.close()
+    try:
+        yield sw, sr
+    finally:
+        repo.close()
