@@ -2,11 +2,12 @@
 uncompressed) as a new dataset, then read it whole — on local disk and on a moto S3
 server on loopback. Throughput in MB/s (10^6 bytes per second).
 
-The systems take turns (round-robin), write by write and read by read, so that what
-the machine carries over from one measurement to the next (dirty pages still being
-written back, a moto server holding more objects) falls on every system alike; run
-one system after another and the last one pays for the others' gigabytes. On local
-disk, each write starts after ``os.sync()`` (not timed), from no dirty pages."""
+The systems take turns (round-robin, each round starting one system later), write by
+write and read by read, so that what the machine carries over from one measurement to
+the next (dirty pages still being written back, memory the VM must back anew, a moto
+server holding more objects) falls on every system alike: run one system after
+another, and the last one pays for the others' gigabytes. On local disk, each write
+starts after ``os.sync()`` (not timed), from no dirty pages."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def _throughput(rec: Recorder, case: str, systems: list[System], nbytes: int, re
     writes: dict[str, list[float]] = {name: [] for name, _, _ in systems}
     reads: dict[str, list[float]] = {name: [] for name, _, _ in systems}
     for r in range(repeats):
-        for name, write, _ in systems:
+        for name, write, _ in _turn(systems, r):
             if case == "local":
                 os.sync()  # the previous system's dirty pages are not this one's to flush
             t, _ = timed(lambda write=write, r=r: write(r))
@@ -56,14 +57,21 @@ def _throughput(rec: Recorder, case: str, systems: list[System], nbytes: int, re
     last = repeats - 1
     for _name, _, read in systems:
         read(last)
-    for _ in range(repeats + 2):  # reads are cheap and noisy: a few more
-        for name, _, read in systems:
+    for r in range(repeats + 2):  # reads are cheap and noisy: a few more
+        for name, _, read in _turn(systems, r):
             t, out = timed(lambda read=read: read(last))
             assert out.shape and out.dtype == np.float32
             reads[name].append(nbytes / t / 1e6)
     for name, _, _ in systems:
         rec.add("W4", case, name, "write+commit throughput", "MB/s", writes[name])
         rec.add("W3", case, name, "read throughput", "MB/s", reads[name])
+
+
+def _turn(systems: list[System], r: int) -> list[System]:
+    """The order of round ``r``: each round starts one system later, so that no system
+    always follows the same one."""
+    k = r % len(systems)
+    return systems[k:] + systems[:k]
 
 
 def _local(rec: Recorder, d: Path, copies: list[np.ndarray], repeats: int) -> None:

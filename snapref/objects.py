@@ -227,6 +227,13 @@ class ContentStore:
         else:
             digest = await asyncio.to_thread(content_hash, data)
         path = self.path(digest)
+        if _creates_exclusively(afs):
+            # one conditional PUT (If-None-Match: *) instead of a HEAD, then a PUT
+            try:
+                await afs._pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return digest, False
+            return digest, True
         if await _exists_async(afs, path):
             return digest, False
         await afs._pipe_file(path, data)
@@ -306,6 +313,15 @@ class ContentStore:
                 "of the exact bytes it must hold."
             )
         return data
+
+
+def _creates_exclusively(afs: AsyncFileSystem) -> bool:
+    """Whether ``afs._pipe_file(..., mode="create")`` writes only if the file is missing
+    and raises FileExistsError otherwise, in one request: s3fs does (S3's conditional
+    PUT). Other filesystems may ignore ``mode`` (obstore's fsspec adapter does), so
+    they get a HEAD first. A server that ignored the condition would overwrite the
+    object with the same bytes, which its name guarantees: no reader could tell."""
+    return type(afs).__module__.split(".")[0] == "s3fs"
 
 
 async def _exists_async(afs: AsyncFileSystem, path: str) -> bool:

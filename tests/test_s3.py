@@ -360,19 +360,23 @@ def _obstore_for_s3() -> Iterator[None]:
         fsspec.register_implementation("s3", s3fs.S3FileSystem, clobber=True)
 
 
-def test_a_warehouse_on_obstores_s3_client(
-    s3_bucket: dict[str, Any], s3_refs: dict[str, Any], tmp_path: Path
-) -> None:
-    # the same moto server, in obstore's option names
-    options = {
+def _obstore_options(s3_options: dict[str, Any]) -> dict[str, Any]:
+    """The same moto server, in obstore's option names."""
+    return {
         "config": {
-            "endpoint": s3_bucket["endpoint_url"],
-            "access_key_id": s3_bucket["key"],
-            "secret_access_key": s3_bucket["secret"],
+            "endpoint": s3_options["endpoint_url"],
+            "access_key_id": s3_options["key"],
+            "secret_access_key": s3_options["secret"],
             "region": "us-east-1",
         },
         "client_options": {"allow_http": True},
     }
+
+
+def test_a_warehouse_on_obstores_s3_client(
+    s3_bucket: dict[str, Any], s3_refs: dict[str, Any], tmp_path: Path
+) -> None:
+    options = _obstore_options(s3_bucket)
     catalog = _catalog_url(tmp_path)
     expected = _expected_after_edit()
     with _obstore_for_s3():
@@ -394,3 +398,40 @@ def test_a_warehouse_on_obstores_s3_client(
             "Import air.h5 from S3",
         ]
         np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], expected)
+
+
+@pytest.mark.parametrize("client", ["s3fs", "obstore"])
+def test_bytes_already_stored_are_not_written_again(
+    client: str, s3_bucket: dict[str, Any], s3_fs: s3fs.S3FileSystem, tmp_path: Path
+) -> None:
+    """Invariant 1 on S3: a chunk whose bytes are stored already (here by another
+    dataset) creates no object and leaves the stored one untouched, whether the
+    client asks with one conditional PUT (s3fs) or a HEAD first (obstore's adapter)."""
+    import time
+    from contextlib import nullcontext
+
+    options = s3_bucket if client == "s3fs" else _obstore_options(s3_bucket)
+    payload = bytes(range(256)) * 1024  # 256 KiB, hashed in a worker thread
+    zarray = {"zarr_format": 2, "shape": [len(payload)], "chunks": [len(payload)]}
+    zarray |= {"dtype": "|u1", "compressor": None, "fill_value": 0, "order": "C"}
+    zgroup = json.dumps({"zarr_format": 2})
+    refs = {
+        "version": 1,
+        "refs": {".zgroup": zgroup, "x/.zarray": json.dumps(zarray | {"filters": None})},
+    }
+    with _obstore_for_s3() if client == "obstore" else nullcontext():
+        with snapref.init(REPO, catalog=_catalog_url(tmp_path), storage_options=options) as repo:
+            written = []
+            for name in ("a", "b"):
+                repo.import_references(name, refs, message="empty")
+                with repo.transaction(name, message="the same bytes") as tx:
+                    tx.fs.pipe_file("x/0", payload)
+                assert tx.snapshot is not None
+                written.append(tx.snapshot.summary["objects_written"])
+                if name == "a":
+                    stored = {p: s3_fs.info(p)["LastModified"] for p in s3_fs.find(OBJECTS)}
+                    time.sleep(1.1)  # S3 times have whole seconds: a rewrite would show
+            assert written == [1, 0]
+            after = {p: s3_fs.info(p)["LastModified"] for p in s3_fs.find(OBJECTS)}
+            assert after == stored and len(stored) == 1
+            assert snapref.open(repo, "b")["x"][:].tobytes() == payload
