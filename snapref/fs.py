@@ -581,7 +581,7 @@ class SnapshotFileSystem(ReferenceFileSystem):
 class SnapshotStore(FsspecStore):
     """The zarr store of a version (read-only) or of a transaction (writable).
 
-    An ``FsspecStore`` over a :class:`SnapshotFileSystem`, which differs in four ways:
+    An ``FsspecStore`` over a :class:`SnapshotFileSystem`, which differs in five ways:
 
     - a read-only store reads through a read-only view of the filesystem, so nothing
       can be written through ``store.fs`` either, and pickling the store (for dask
@@ -589,7 +589,8 @@ class SnapshotStore(FsspecStore):
       the transaction's writable filesystem;
     - a writable store cannot be pickled (see :meth:`SnapshotFileSystem.__reduce__`);
     - ``exists`` and ``getsize`` are about keys, not folders, as in ``LocalStore``;
-    - ``clear`` stages the deletion of every key at once.
+    - ``clear`` stages the deletion of every key at once;
+    - ``set`` hands zarr's buffer to the filesystem without copying it.
 
     Raises
     ------
