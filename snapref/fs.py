@@ -536,8 +536,20 @@ class SnapshotFileSystem(ReferenceFileSystem):
         # the commit writes just the manifest. A discarded edit leaves unreachable
         # objects, as a crash before the commit would (invariant 2).
         validate_key(path)
-        digest, written = await self._objects.put_async(self._warehouse_fs, data)
+        digest, written = await self._objects.put_async(
+            self._warehouse_fs, data, stored=await self._stored_digest(path)
+        )
         self._staged.stage_object(path, ObjectRef(digest, memoryview(data).nbytes), written)
+
+    async def _stored_digest(self, key: str) -> str | None:
+        """The digest of the warehouse object ``key`` holds now (staged, or in the
+        version the transaction started from), if it holds one: that object is stored,
+        so rewriting the same bytes needs no request to the warehouse."""
+        try:
+            value = await self._staged.get_async(key, self._warehouse_fs)
+        except KeyError:
+            return None
+        return value.digest if isinstance(value, ObjectRef) else None
 
     async def _put_file(
         self, lpath: str, rpath: str, mode: str = "overwrite", **kwargs: Any

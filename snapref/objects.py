@@ -215,10 +215,16 @@ class ContentStore:
                 tick(len(part))
         return PutResult(len(todo), sum(len(b) for b in todo.values()))
 
-    async def put_async(self, afs: AsyncFileSystem, data: BytesLike) -> tuple[str, bool]:
+    async def put_async(
+        self, afs: AsyncFileSystem, data: BytesLike, stored: str | None = None
+    ) -> tuple[str, bool]:
         """Store ``data`` (any bytes-like object, not kept) from inside an event loop
         without blocking it: hashing and local file writes run in a worker thread (the
-        hash releases the GIL). Returns the digest and whether anything was written."""
+        hash releases the GIL). Returns the digest and whether anything was written.
+
+        ``stored`` is the digest of an object known to be stored (the one the key being
+        written holds now): bytes that hash to it cost no request to remote storage.
+        """
         if self.warehouse.is_local:
             return await asyncio.to_thread(self._put_local, data)
         data = bytes(data)  # what S3 clients and other filesystems take
@@ -226,6 +232,8 @@ class ContentStore:
             digest = content_hash(data)
         else:
             digest = await asyncio.to_thread(content_hash, data)
+        if digest == stored:
+            return digest, False
         path = self.path(digest)
         if _creates_exclusively(afs):
             # one conditional PUT (If-None-Match: *) instead of a HEAD, then a PUT

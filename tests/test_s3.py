@@ -435,3 +435,35 @@ def test_bytes_already_stored_are_not_written_again(
             after = {p: s3_fs.info(p)["LastModified"] for p in s3_fs.find(OBJECTS)}
             assert after == stored and len(stored) == 1
             assert snapref.open(repo, "b")["x"][:].tobytes() == payload
+
+
+def test_rewriting_a_chunk_with_its_own_bytes_sends_nothing(
+    s3_bucket: dict[str, Any], s3_refs: dict[str, Any], tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Writing a whole array again where only a few values changed (as
+    ``ds.to_zarr(tx.store, mode="a")`` does) uploads only the changed chunks: a chunk
+    whose bytes are those of the object it holds costs no request at all."""
+    uploads: list[str] = []
+    put = s3fs.S3FileSystem._pipe_file
+
+    async def counted(self: s3fs.S3FileSystem, path: str, data: Any, **kw: Any) -> Any:
+        uploads.append(path)
+        return await put(self, path, data, **kw)
+
+    with snapref.init(REPO, catalog=_catalog_url(tmp_path), storage_options=s3_bucket) as repo:
+        repo.import_references("air", s3_refs, message="Import air.h5 from S3")
+        with repo.transaction("air", message="Stored as objects") as tx:
+            temp = zarr.open_group(tx.store, mode="r+")["temp"]
+            temp[:] = temp[:]  # every chunk becomes a warehouse object
+        objects = tx.snapshot.summary["objects_written"] if tx.snapshot else 0
+        assert objects == 24
+        monkeypatch.setattr(s3fs.S3FileSystem, "_pipe_file", counted)
+        with repo.transaction("air", message="One value") as tx:
+            temp = zarr.open_group(tx.store, mode="r+")["temp"]
+            values = temp[:]
+            values[7, 39, 59] = -1.0
+            temp[:] = values  # all 24 chunks written, one of them changed
+        assert tx.snapshot is not None and tx.snapshot.summary["chunks_modified"] == 1
+        chunk_uploads = [p for p in uploads if "/objects/" in p]
+        assert len(chunk_uploads) == 1 and tx.snapshot.summary["objects_written"] == 1
+        assert snapref.open(repo, "air")["temp"][7, 39, 59] == -1.0
