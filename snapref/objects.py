@@ -235,17 +235,13 @@ class ContentStore:
         if digest == stored:
             return digest, False
         path = self.path(digest)
-        if _creates_exclusively(afs):
-            # one conditional PUT (If-None-Match: *) instead of a HEAD, then a PUT
-            try:
-                await afs._pipe_file(path, data, mode="create")
-            except FileExistsError:
+        written = await _put_if_absent(afs, path, data)
+        if written is None:  # the filesystem cannot write conditionally: ask first
+            if await _exists_async(afs, path):
                 return digest, False
-            return digest, True
-        if await _exists_async(afs, path):
-            return digest, False
-        await afs._pipe_file(path, data)
-        return digest, True
+            await afs._pipe_file(path, data)
+            written = True
+        return digest, written
 
     def _put_local(self, data: BytesLike) -> tuple[str, bool]:
         digest = content_hash(data)
@@ -323,13 +319,23 @@ class ContentStore:
         return data
 
 
-def _creates_exclusively(afs: AsyncFileSystem) -> bool:
-    """Whether ``afs._pipe_file(..., mode="create")`` writes only if the file is missing
-    and raises FileExistsError otherwise, in one request: s3fs does (S3's conditional
-    PUT). Other filesystems may ignore ``mode`` (obstore's fsspec adapter does), so
-    they get a HEAD first. A server that ignored the condition would overwrite the
-    object with the same bytes, which its name guarantees: no reader could tell."""
-    return type(afs).__module__.split(".")[0] == "s3fs"
+async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool | None:
+    """Write ``path`` only if no file has that name, in one request (S3's conditional
+    PUT, ``If-None-Match: *``): True if written, False if it existed, None if ``afs``
+    cannot write conditionally (then the caller asks first).
+
+    s3fs takes ``mode="create"``. obstore's fsspec adapter ignores ``mode`` (its own
+    conditional put, reached through the adapter's private store, measured no faster
+    than HEAD + PUT on moto: 146 vs 168 MB/s). A server that ignored the condition
+    would overwrite the object with the same bytes, which its name guarantees: no
+    reader could tell."""
+    if type(afs).__module__.split(".")[0] != "s3fs":
+        return None
+    try:
+        await afs._pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
 
 
 async def _exists_async(afs: AsyncFileSystem, path: str) -> bool:
