@@ -111,10 +111,11 @@ def _schema_of(engine: sa.Engine) -> dict[str, Any]:
     }
 
 
-def _make_version_1_repository(tmp_path: Path, catalog_url: str | None) -> Path:
-    """A repository whose catalog has schema version 1, as snapref 0.1 wrote it: made
-    from catalog_schemas/v1.*.sql, holding an imported dataset with two commits and a
-    branch. ``catalog_url`` is an empty database (None: an SQLite file)."""
+def _make_old_repository(tmp_path: Path, catalog_url: str | None, version: int) -> Path:
+    """A repository whose catalog has schema ``version`` (1 or 2), as the snapref of
+    that version wrote it: made from catalog_schemas/v{version}.*.sql, holding an
+    imported dataset with two commits and a branch. ``catalog_url`` is an empty
+    database (None: an SQLite file)."""
     from snapref.catalog.migrate import statements
 
     wh = tmp_path / "old"
@@ -126,9 +127,9 @@ def _make_version_1_repository(tmp_path: Path, catalog_url: str | None) -> Path:
             tx.fs.pipe("x/0", bytes([value]) * 3)
         snaps.append(tx.snapshot)
     repo.close()
-    # then the version-1 catalog, from its DDL file, holding the rows a version-1
-    # snapref recorded for: import (v1), commit (v2), branch qc, commit on qc (v3)
-    url = catalog_url or f"sqlite:///{tmp_path / 'v1.db'}"
+    # then the old catalog, from its DDL file, holding the rows that snapref recorded
+    # for: import (v1), commit (v2), branch qc, commit on qc (v3)
+    url = catalog_url or f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)
     dialect = "sqlite" if engine.dialect.name == "sqlite" else "postgresql"
     ids = [f"{i:032x}" for i in (1, 2, 3)]
@@ -139,7 +140,7 @@ def _make_version_1_repository(tmp_path: Path, catalog_url: str | None) -> Path:
     ]
     parents = ["[]", f'["{ids[0]}"]', f'["{ids[1]}"]']
     with engine.begin() as db:
-        for stmt in statements((SCHEMAS / f"v1.{dialect}.sql").read_text()):
+        for stmt in statements((SCHEMAS / f"v{version}.{dialect}.sql").read_text()):
             db.exec_driver_sql(stmt.rstrip(";"))
 
         def insert(table: str, *values: Any) -> None:
@@ -149,7 +150,7 @@ def _make_version_1_repository(tmp_path: Path, catalog_url: str | None) -> Path:
                 {f"p{i}": v for i, v in enumerate(values)},
             )
 
-        insert("snapref_schema", 1)
+        insert("snapref_schema", version)
         insert("datasets", "d", ts[0], "", "{}")
         for i, snap in enumerate(snaps):
             branch = "qc" if i == 2 else "main"
@@ -158,6 +159,8 @@ def _make_version_1_repository(tmp_path: Path, catalog_url: str | None) -> Path:
                 *(ids[i], "d", i + 1, snap.manifest, parents[i], branch, ts[i]),
                 *("Old <o@x>", snap.message, "0.1.0", "{}", "{}"),
             )
+            if version >= 2 and i > 0:
+                insert("snapshot_parents", ids[i], 0, ids[i - 1])
         for i in (1, 2):
             insert("snapshot_changes", ids[i], "x/0", "M")
         insert("refs", "d", "main", "branch", ids[1])
@@ -170,21 +173,28 @@ def _make_version_1_repository(tmp_path: Path, catalog_url: str | None) -> Path:
                 ("qc", "commit", ids[1], ids[2]),
             ]
         ):
-            insert("ref_log", f"{n:032x}", "d", ref, action, old, new, ts[min(n, 2)], "Old <o@x>")
+            row = (f"{n:032x}", "d", ref, action, old, new, ts[min(n, 2)], "Old <o@x>")
+            insert("ref_log", *row, *([None] if version >= 2 else []))
     engine.dispose()
     (wh / "snapref.json").write_text(json.dumps({"format": 1, "catalog": url}))
     return wh
 
 
+@pytest.mark.parametrize("old_version", [1, 2])
 @pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql", "duckdb"])
-def test_a_version_1_repository_is_migrated_on_connect(
-    tmp_path: Path, catalog_url: str | None, catalog_kind: str, request: pytest.FixtureRequest
+def test_an_older_repository_is_migrated_on_connect(
+    tmp_path: Path,
+    catalog_url: str | None,
+    catalog_kind: str,
+    old_version: int,
+    request: pytest.FixtureRequest,
 ) -> None:
-    wh = _make_version_1_repository(tmp_path, catalog_url)
+    wh = _make_old_repository(tmp_path, catalog_url, old_version)
     repo = snapref.connect(str(wh))
     assert repo.db.engine.dialect.name == catalog_kind
     with repo.db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one() == 3
+        version = conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one()
+    assert version == SCHEMA_VERSION
     # the migrated catalog has the tables, columns and indexes of a new one
     fresh_url = {
         "sqlite": None,
@@ -194,7 +204,7 @@ def test_a_version_1_repository_is_migrated_on_connect(
     fresh = snapref.init(str(tmp_path / "fresh"), catalog=fresh_url and fresh_url())
     assert _schema_of(repo.db.engine) == _schema_of(fresh.db.engine)
     fresh.close()
-    # the old history reads as before, through the new parents table
+    # the old history reads as before
     assert [s.version for s in repo.log("d")] == [2, 1]
     assert [s.version for s in repo.log("d", "qc")] == [3, 2, 1]
     assert snapref.open(repo, "d", 3)["x"][:].tolist() == [2, 2, 2]
