@@ -223,10 +223,10 @@ class ContentStore:
         hash releases the GIL). Returns the digest and whether anything was written.
 
         ``stored`` is the digest of an object known to be stored (the one the key being
-        written holds now): bytes that hash to it cost no request to remote storage.
+        written holds now): bytes that hash to it cost no further check or request.
         """
         if self.warehouse.is_local:
-            return await asyncio.to_thread(self._put_local, data)
+            return await asyncio.to_thread(self._put_local, data, stored)
         data = bytes(data)  # what S3 clients and other filesystems take
         if len(data) < _THREAD_HASH:
             digest = content_hash(data)
@@ -243,10 +243,10 @@ class ContentStore:
             written = True
         return digest, written
 
-    def _put_local(self, data: BytesLike) -> tuple[str, bool]:
+    def _put_local(self, data: BytesLike, stored: str | None = None) -> tuple[str, bool]:
         digest = content_hash(data)
         path = self.path(digest)
-        if os.path.exists(path):
+        if digest == stored or os.path.exists(path):
             return digest, False
         _atomic_write_local(path, data)
         return digest, True
