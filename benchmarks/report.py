@@ -201,6 +201,9 @@ def write_report(
         f"- Libraries: {_versions()}",
         "- Every figure is the median of repeated runs, with the min - max spread; peers "
         "were measured in the same run on the same disk.",
+        "- In a peer's row, *snapref = N x* is snapref's median divided by the peer's, for "
+        "the same case and measure (below 1 is less time or memory, above 1 more "
+        "throughput).",
         "",
         "## Targets",
         "",
@@ -219,7 +222,11 @@ def write_report(
                 cells = []
                 for m in metrics:
                     r = rec.get(workload, case, system, m)
-                    cells.append(_fmt(r) if r else "-")
+                    ours = rec.get(workload, case, "snapref", m)
+                    cell = _fmt(r) if r else "-"
+                    if r and ours and system != "snapref" and r.median and ours.median:
+                        cell += f"; snapref = {ours.median / r.median:.2g} x"
+                    cells.append(cell)
                 lines.append(f"| {case} | {system} | " + " | ".join(cells) + " |")
     if any(r.workload == "W1" for r in rec.results):
         _plot_w1(rec, out / "w1_scaling.png")
