@@ -324,18 +324,30 @@ async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool |
     PUT, ``If-None-Match: *``): True if written, False if it existed, None if ``afs``
     cannot write conditionally (then the caller asks first).
 
-    s3fs takes ``mode="create"``. obstore's fsspec adapter ignores ``mode`` (its own
-    conditional put, reached through the adapter's private store, measured no faster
-    than HEAD + PUT on moto: 146 vs 168 MB/s). A server that ignored the condition
-    would overwrite the object with the same bytes, which its name guarantees: no
-    reader could tell."""
-    if type(afs).__module__.split(".")[0] != "s3fs":
-        return None
-    try:
-        await afs._pipe_file(path, data, mode="create")
-    except FileExistsError:
-        return False
-    return True
+    s3fs takes ``mode="create"``. obstore's fsspec adapter ignores ``mode``, and its
+    ``exists`` of a missing file costs a HEAD and a LIST; so its own client's
+    conditional put is used, through the store the adapter keeps for each bucket
+    (moto, 256 MiB of new chunks: 206-233 MB/s, against 137-188 with HEAD + LIST +
+    PUT). Should the adapter's internals change, this returns None. A server that
+    ignored the condition would overwrite the object with the same bytes, which its
+    name guarantees: no reader could tell."""
+    kind = type(afs).__module__.split(".")[0]
+    if kind == "s3fs":
+        try:
+            await afs._pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+    if kind == "obstore" and hasattr(afs, "_split_path") and hasattr(afs, "_construct_store"):
+        from obstore.exceptions import AlreadyExistsError
+
+        bucket, key = afs._split_path(path)
+        try:
+            await afs._construct_store(bucket).put_async(key, data, mode="create")
+        except AlreadyExistsError:
+            return False
+        return True
+    return None
 
 
 async def _exists_async(afs: AsyncFileSystem, path: str) -> bool:
