@@ -237,7 +237,7 @@ class ContentStore:
         path = self.path(digest)
         written = await _put_if_absent(afs, path, data)
         if written is None:  # the filesystem cannot write conditionally: ask first
-            if await _exists_async(afs, path):
+            if await afs._exists(path):
                 return digest, False
             await afs._pipe_file(path, data)
             written = True
@@ -348,20 +348,6 @@ async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool |
             return False
         return True
     return None
-
-
-async def _exists_async(afs: AsyncFileSystem, path: str) -> bool:
-    """Whether the file ``path`` exists, in one request where the fs allows: on S3 a
-    HEAD (s3fs's ``exists`` would also list the prefix when the key is missing)."""
-    call_s3 = getattr(afs, "_call_s3", None)
-    if call_s3 is not None:
-        bucket, key, _ = afs.split_path(path)
-        try:
-            await call_s3("head_object", Bucket=bucket, Key=key)
-        except FileNotFoundError:
-            return False
-        return True
-    return bool(await afs._exists(path))
 
 
 def _atomic_write_local(path: str, data: BytesLike) -> None:
