@@ -200,3 +200,34 @@ def test_relative_paths_in_a_reference_dict_mean_the_working_directory(
     repo.import_references("air", refs)
     assert repo.sources("air") == [f"file://{hdf5_file.parent}/"]
     np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], temp_values())
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_the_same_bytes_are_stored_once_on_any_warehouse(where: str, tmp_path: Any) -> None:
+    """Invariant 1 on a local folder (a stat) and on a filesystem that cannot write
+    conditionally (fsspec's memory://: exists, then a PUT): a second dataset writing the
+    same chunk bytes creates no object, and rewriting a chunk with its own bytes is no
+    change."""
+    import json
+    import uuid
+
+    url = str(tmp_path / "wh") if where == "local" else f"memory://wh-{uuid.uuid4().hex}"
+    zarray = {"zarr_format": 2, "shape": [4], "chunks": [4], "dtype": "|u1"}
+    zarray |= {"compressor": None, "fill_value": 0, "order": "C", "filters": None}
+    zgroup = json.dumps({"zarr_format": 2})
+    refs = {"version": 1, "refs": {".zgroup": zgroup, "x/.zarray": json.dumps(zarray)}}
+    with snapref.init(url, catalog=f"sqlite:///{tmp_path / 'catalog.db'}") as repo:
+        written = []
+        for name in ("a", "b"):
+            repo.import_references(name, refs, message="empty")
+            with repo.transaction(name, message="the same bytes") as tx:
+                tx.fs.pipe_file("x/0", b"\x01\x02\x03\x04")
+            assert tx.snapshot is not None
+            written.append(tx.snapshot.summary["objects_written"])
+        assert written == [1, 0]
+        with repo.transaction("b", message="its own bytes again") as tx:
+            tx.fs.pipe_file("x/0", b"\x01\x02\x03\x04")
+        assert tx.snapshot is None  # nothing changed, nothing recorded
+        assert snapref.open(repo, "b")["x"][:].tolist() == [1, 2, 3, 4]
+        objects = repo.warehouse.fs.find(repo.warehouse.path("objects"))
+        assert len(objects) == 1
