@@ -338,12 +338,16 @@ async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool |
         except FileExistsError:
             return False
         return True
-    if kind == "obstore" and hasattr(afs, "_split_path") and hasattr(afs, "_construct_store"):
+    if kind == "obstore":
         from obstore.exceptions import AlreadyExistsError
 
-        bucket, key = afs._split_path(path)
         try:
-            await afs._construct_store(bucket).put_async(key, data, mode="create")
+            bucket, key = afs._split_path(path)
+            store = afs._construct_store(bucket)
+        except (AttributeError, TypeError, ValueError):  # the adapter's internals changed
+            return None
+        try:
+            await store.put_async(key, data, mode="create")
         except AlreadyExistsError:
             return False
         return True
