@@ -5,6 +5,7 @@ PostgreSQL server and in duckdb."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,14 @@ os.environ["SNAPREF_AUTHOR"] = "Test Author <test@example.org>"
 
 TEMP_SHAPE = (8, 40, 60)  # time, lat, lon
 TEMP_CHUNKS = (2, 20, 20)  # 4 x 2 x 3 = 24 chunks
+
+
+def one_array_refs(array: str, shape: int, chunk: int, dtype: str) -> dict[str, str]:
+    """The references (key -> JSON text) of a group holding one empty 1-D zarr v2 array,
+    uncompressed: what many tests import before writing chunks themselves."""
+    zarray = {"zarr_format": 2, "shape": [shape], "chunks": [chunk], "dtype": dtype}
+    zarray |= {"compressor": None, "fill_value": 0, "order": "C", "filters": None}
+    return {".zgroup": json.dumps({"zarr_format": 2}), f"{array}/.zarray": json.dumps(zarray)}
 
 
 def temp_values() -> np.ndarray:

@@ -21,22 +21,13 @@ import sqlalchemy as sa
 
 import snapref
 from snapref.catalog import schema as t
+from tests.conftest import one_array_refs
 
 WRITERS, COMMITS = 4, 5  # processes, and commits each
 
 
-def _refs() -> dict[str, Any]:
-    zarray = {
-        "zarr_format": 2,
-        "shape": [WRITERS * COMMITS],
-        "chunks": [1],
-        "dtype": "<u2",
-        "compressor": None,
-        "fill_value": 0,
-        "order": "C",
-        "filters": None,
-    }
-    return {".zgroup": json.dumps({"zarr_format": 2}), "v/.zarray": json.dumps(zarray)}
+def _refs() -> dict[str, str]:
+    return one_array_refs("v", WRITERS * COMMITS, 1, "<u2")
 
 
 def _writer(warehouse: str, writer: int, rebase: bool) -> tuple[int, list[str]]:

@@ -28,7 +28,7 @@ from zarr.storage import FsspecStore
 import snapref
 from snapref.cli import cli
 from snapref.manifest import VirtualRef
-from tests.conftest import TEMP_SHAPE, make_hdf5, temp_values
+from tests.conftest import TEMP_SHAPE, make_hdf5, one_array_refs, temp_values
 from tests.s3_fixtures import BUCKET
 
 REPO = f"s3://{BUCKET}/wh"
@@ -405,20 +405,14 @@ def test_bytes_already_stored_are_not_written_again(
     client: str, s3_bucket: dict[str, Any], s3_fs: s3fs.S3FileSystem, tmp_path: Path
 ) -> None:
     """Invariant 1 on S3: a chunk whose bytes are stored already (here by another
-    dataset) creates no object and leaves the stored one untouched, whether the
-    client asks with one conditional PUT (s3fs) or a HEAD first (obstore's adapter)."""
+    dataset) creates no object and leaves the stored one untouched, with either client's
+    conditional PUT (s3fs through fsspec, obstore through its own client)."""
     import time
     from contextlib import nullcontext
 
     options = s3_bucket if client == "s3fs" else _obstore_options(s3_bucket)
     payload = bytes(range(256)) * 1024  # 256 KiB, hashed in a worker thread
-    zarray = {"zarr_format": 2, "shape": [len(payload)], "chunks": [len(payload)]}
-    zarray |= {"dtype": "|u1", "compressor": None, "fill_value": 0, "order": "C"}
-    zgroup = json.dumps({"zarr_format": 2})
-    refs = {
-        "version": 1,
-        "refs": {".zgroup": zgroup, "x/.zarray": json.dumps(zarray | {"filters": None})},
-    }
+    refs = one_array_refs("x", len(payload), len(payload), "|u1")
     with _obstore_for_s3() if client == "obstore" else nullcontext():
         with snapref.init(REPO, catalog=_catalog_url(tmp_path), storage_options=options) as repo:
             written = []

@@ -15,6 +15,7 @@ from snapref.catalog.migrate import DIALECT_MIGRATIONS, MIGRATIONS
 from snapref.catalog.records import SHOWN_COLUMNS
 from snapref.catalog.schema import SCHEMA_VERSION, ddl
 from snapref.manifest import _SCHEMA
+from tests.conftest import one_array_refs
 
 SCHEMAS = Path(__file__).parent.parent / "catalog_schemas"
 
@@ -220,8 +221,8 @@ def test_an_older_repository_is_migrated_on_connect(
     assert snapref.connect(str(wh)).log("d")[0].version == 4
 
 
-def _refs() -> dict[str, Any]:
-    return {".zgroup": '{"zarr_format": 2}', "x/.zarray": _zarray(), "x/0": "abc"}
+def _refs() -> dict[str, str]:
+    return {**one_array_refs("x", 3, 3, "|u1"), "x/0": "abc"}
 
 
 def test_manifest_spec_matches_shard_schema() -> None:
@@ -231,9 +232,7 @@ def test_manifest_spec_matches_shard_schema() -> None:
 
 def test_manifest_list_fields_match_what_is_written(tmp_path: Path) -> None:
     repo = snapref.init(str(tmp_path / "wh"))
-    snap = repo.import_references(
-        "d", {".zgroup": '{"zarr_format": 2}', "x/.zarray": _zarray(), "x/0": "abc"}, "m"
-    )
+    snap = repo.import_references("d", _refs(), "m")
     spec = json.loads((SCHEMAS / "manifest-v1.json").read_text())["manifest_list"]
     doc = json.loads(repo.warehouse.content("manifests", ".json").get(snap.manifest).decode())
     assert sorted(doc) == sorted(spec["fields"])
@@ -241,18 +240,3 @@ def test_manifest_list_fields_match_what_is_written(tmp_path: Path) -> None:
         for info in infos:
             assert sorted(info) == sorted(spec["section_fields"])
     assert doc["arrays"] == ["x"]
-
-
-def _zarray() -> str:
-    return json.dumps(
-        {
-            "zarr_format": 2,
-            "shape": [3],
-            "chunks": [3],
-            "dtype": "|u1",
-            "compressor": None,
-            "fill_value": 0,
-            "order": "C",
-            "filters": None,
-        }
-    )

@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 import snapref
-from tests.conftest import temp_values
+from tests.conftest import one_array_refs, temp_values
 
 # every test here runs on SQLite, PostgreSQL and duckdb catalogs (tests/conftest.py)
 pytestmark = pytest.mark.all_catalogs
@@ -208,14 +208,10 @@ def test_the_same_bytes_are_stored_once_on_any_warehouse(where: str, tmp_path: A
     conditionally (fsspec's memory://: exists, then a PUT): a second dataset writing the
     same chunk bytes creates no object, and rewriting a chunk with its own bytes is no
     change."""
-    import json
     import uuid
 
     url = str(tmp_path / "wh") if where == "local" else f"memory://wh-{uuid.uuid4().hex}"
-    zarray = {"zarr_format": 2, "shape": [4], "chunks": [4], "dtype": "|u1"}
-    zarray |= {"compressor": None, "fill_value": 0, "order": "C", "filters": None}
-    zgroup = json.dumps({"zarr_format": 2})
-    refs = {"version": 1, "refs": {".zgroup": zgroup, "x/.zarray": json.dumps(zarray)}}
+    refs = one_array_refs("x", 4, 4, "|u1")
     with snapref.init(url, catalog=f"sqlite:///{tmp_path / 'catalog.db'}") as repo:
         written = []
         for name in ("a", "b"):
