@@ -191,29 +191,43 @@ class ContentStore:
         """Store every ``digest -> bytes`` pair not stored yet.
 
         The caller computed the digests with :func:`content_hash`. Files that exist
-        already are not written again (invariant 1). Local files are written to a
-        temporary name and renamed, so a crash never leaves a partial file under a
-        content name.
+        already are not written again (invariant 1): on local disk a ``stat``, on
+        remote storage :func:`_put_if_absent` (one conditional PUT where the client
+        allows), many at once. Local files are written to a temporary name and
+        renamed, so a crash never leaves a partial file under a content name.
         """
-        if not items:
-            return PutResult(0, 0)
-        paths = {self.path(d): d for d in items}
-        present = self._exists_many(list(paths))
-        todo = {p: items[d] for p, d in paths.items() if p not in present}
+        pending = [(self.path(d), data) for d, data in items.items()]
         batch = 256  # a bar moves per batch; remote batches go out concurrently
-        pending = list(todo.items())
+        written = nbytes = 0
         with progress.bar(
             len(pending) if len(pending) > batch else 0, f"Writing {self.kind}"
         ) as tick:
             for start in range(0, len(pending), batch):
                 part = pending[start : start + batch]
                 if self.warehouse.is_local:
-                    for p, data in part:
-                        _atomic_write_local(p, data)
+                    stored = [_write_local_if_absent(p, data) for p, data in part]
                 else:
-                    self.warehouse.fs.pipe(dict(part))
+                    stored = self._store_remote(part)
+                written += sum(stored)
+                nbytes += sum(len(data) for (_, data), new in zip(part, stored, strict=True) if new)
                 tick(len(part))
-        return PutResult(len(todo), sum(len(b) for b in todo.values()))
+        return PutResult(written, nbytes)
+
+    def _store_remote(self, part: list[tuple[str, bytes]]) -> list[bool]:
+        """:func:`_store_if_absent` for each ``(path, bytes)``, concurrently; which were
+        written."""
+        afs = self.warehouse.fs_for(asynchronous=False)
+
+        async def store_all() -> list[bool]:
+            sem = asyncio.Semaphore(MAX_CONCURRENCY)
+
+            async def one(path: str, data: bytes) -> bool:
+                async with sem:
+                    return await _store_if_absent(afs, path, data)
+
+            return await asyncio.gather(*(one(p, d) for p, d in part))
+
+        return sync(afs.loop, store_all)
 
     async def put_async(
         self, afs: AsyncFileSystem, data: BytesLike, stored: str | None = None
@@ -234,41 +248,13 @@ class ContentStore:
             digest = await asyncio.to_thread(content_hash, data)
         if digest == stored:
             return digest, False
-        path = self.path(digest)
-        written = await _put_if_absent(afs, path, data)
-        if written is None:  # the filesystem cannot write conditionally: ask first
-            if await afs._exists(path):
-                return digest, False
-            await afs._pipe_file(path, data)
-            written = True
-        return digest, written
+        return digest, await _store_if_absent(afs, self.path(digest), data)
 
     def _put_local(self, data: BytesLike, stored: str | None = None) -> tuple[str, bool]:
         digest = content_hash(data)
-        path = self.path(digest)
-        if digest == stored or os.path.exists(path):
+        if digest == stored:
             return digest, False
-        _atomic_write_local(path, data)
-        return digest, True
-
-    def _exists_many(self, paths: list[str]) -> set[str]:
-        fs = self.warehouse.fs
-        if self.warehouse.is_local:
-            return {p for p in paths if os.path.exists(p)}
-        if fs.async_impl:
-
-            async def check() -> list[bool]:
-                sem = asyncio.Semaphore(MAX_CONCURRENCY)
-
-                async def one(p: str) -> bool:
-                    async with sem:
-                        return bool(await fs._exists(p))
-
-                return await asyncio.gather(*(one(p) for p in paths))
-
-            flags = sync(fs.loop, check)
-            return {p for p, ok in zip(paths, flags, strict=True) if ok}
-        return {p for p in paths if fs.exists(p)}
+        return digest, _write_local_if_absent(self.path(digest), data)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -317,6 +303,27 @@ class ContentStore:
                 "of the exact bytes it must hold."
             )
         return data
+
+
+async def _store_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool:
+    """Write ``path`` unless a file has that name; whether it was written. One
+    conditional PUT where the client allows (:func:`_put_if_absent`), else fsspec's
+    ``exists`` first."""
+    written = await _put_if_absent(afs, path, data)
+    if written is None:
+        if await afs._exists(path):
+            return False
+        await afs._pipe_file(path, data)
+        written = True
+    return written
+
+
+def _write_local_if_absent(path: str, data: BytesLike) -> bool:
+    """Write the local file ``path`` (atomically) unless it exists; whether it was."""
+    if os.path.exists(path):
+        return False
+    _atomic_write_local(path, data)
+    return True
 
 
 async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool | None:
