@@ -86,6 +86,32 @@ def timed(func: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
+def turn[T](items: list[T], r: int) -> list[T]:
+    """The order of round ``r``: each round starts one item later, so that no system
+    always follows the same one."""
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+def in_turns(
+    calls: dict[str, tuple[Callable[[], Any], Any]], rounds: int
+) -> dict[str, list[float]]:
+    """Times of ``rounds`` calls of each system's function, the systems taking turns
+    (one call each per round, rotating who goes first), after one unmeasured round.
+    ``calls`` maps a system to its function and the value each call must return."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    for r in range(-1, rounds):
+        for name in turn(order, r):
+            func, expected = calls[name]
+            t, out = timed(func)
+            if out != expected:
+                raise AssertionError(f"{name} returned {out!r}, expected {expected!r}")
+            if r >= 0:
+                times[name].append(t)
+    return times
+
+
 def tree_size(path: Path) -> tuple[int, int]:
     """(bytes, files) under ``path``."""
     total = files = 0

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from benchmarks.common import Recorder, quiet_icechunk, timed, workdir
+from benchmarks.common import Recorder, quiet_icechunk, timed, turn, workdir
 
 CHUNK = (1024, 1024)  # 4 MiB of float32
 
@@ -49,7 +49,7 @@ def _throughput(rec: Recorder, case: str, systems: list[System], nbytes: int, re
     writes: dict[str, list[float]] = {name: [] for name, _, _ in systems}
     reads: dict[str, list[float]] = {name: [] for name, _, _ in systems}
     for r in range(repeats):
-        for name, write, _ in _turn(systems, r):
+        for name, write, _ in turn(systems, r):
             if case == "local":
                 os.sync()  # the previous system's dirty pages are not this one's to flush
             t, _ = timed(lambda write=write, r=r: write(r))
@@ -58,20 +58,13 @@ def _throughput(rec: Recorder, case: str, systems: list[System], nbytes: int, re
     for _name, _, read in systems:
         read(last)
     for r in range(repeats + 2):  # reads are cheap and noisy: a few more
-        for name, _, read in _turn(systems, r):
+        for name, _, read in turn(systems, r):
             t, out = timed(lambda read=read: read(last))
             assert out.shape and out.dtype == np.float32
             reads[name].append(nbytes / t / 1e6)
     for name, _, _ in systems:
         rec.add("W4", case, name, "write+commit throughput", "MB/s", writes[name])
         rec.add("W3", case, name, "read throughput", "MB/s", reads[name])
-
-
-def _turn(systems: list[System], r: int) -> list[System]:
-    """The order of round ``r``: each round starts one system later, so that no system
-    always follows the same one."""
-    k = r % len(systems)
-    return systems[k:] + systems[:k]
 
 
 def _local(rec: Recorder, d: Path, copies: list[np.ndarray], repeats: int) -> None:

@@ -2,7 +2,9 @@
 
 Reopen means a new handle and a new catalog engine and connection each time (the
 handle is closed after the log), as a ``snapref log`` process has; the floor row is
-Python's sqlite3 handing over the same rows with no snapref code."""
+Python's sqlite3 handing over the same rows with no snapref code. The three take
+turns, one call each per round, so that a slower spell of the machine falls on all
+of them alike (timed one after the other, drift alone decided PASS or FAIL)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,27 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from benchmarks.common import Recorder, icechunk_repo, quiet_icechunk, timed, workdir
+from benchmarks.common import Recorder, icechunk_repo, in_turns, quiet_icechunk, workdir
 
 
 def run(rec: Recorder, quick: bool) -> None:
     n = 1_000 if quick else 10_000
     case = f"10^{len(str(n)) - 1} versions"
-    repeats = 15  # each run takes milliseconds; more runs steady the median
+    rounds = 31  # each call takes milliseconds; many rounds steady the median
     with workdir("w6") as d:
-        _snapref(rec, case, d, n, repeats)
-        _icechunk(rec, case, d, n, repeats)
+        url = str(d / "snapref")
+        snapref_history(url, n)
+        ice = _icechunk_history(d / "ice", n)
+        times = in_turns(
+            {
+                "snapref": (lambda: _reopen_and_log(url), n),
+                "sqlite3 fetch (floor)": (lambda: _floor(url), n),
+                "icechunk": (lambda: _reopen_and_walk(ice), n + 1),
+            },
+            rounds,
+        )
+    for system, ts in times.items():
+        rec.add("W6", case, system, "reopen+log time", "s", ts)
 
 
 def snapref_history(url: str, n: int) -> None:
@@ -36,56 +49,33 @@ def snapref_history(url: str, n: int) -> None:
     repo.close()
 
 
-def _snapref(rec: Recorder, case: str, d: Path, n: int, repeats: int) -> None:
-
-    url = str(d / "snapref")
-    snapref_history(url, n)
-    times = []
-    for _ in range(repeats):
-        t, history = timed(lambda: _reopen_and_log(url))
-        assert len(history) == n
-        times.append(t)
-    rec.add("W6", case, "snapref", "reopen+log time", "s", times)
-    rec.add("W6", case, "sqlite3 fetch (floor)", "reopen+log time", "s", _floor(url, repeats))
-
-
-def _reopen_and_log(url: str) -> list:
+def _reopen_and_log(url: str) -> int:
     """A new handle and a new catalog engine (closed after), as a CLI process has."""
     import snapref
 
     with snapref.connect(url) as repo:
-        return repo.log("a")
+        return len(repo.log("a"))
 
 
-def _floor(url: str, repeats: int) -> list[float]:
+def _floor(url: str) -> int:
     """What any log from this catalog pays: Python's sqlite3 opening the catalog file
     and handing over the columns a log shows, newest first, with no snapref code."""
     import sqlite3
 
     from snapref.catalog.records import SHOWN_COLUMNS
 
-    query = (
+    db = sqlite3.connect(f"{url}/catalog.db")
+    rows = db.execute(
         f"SELECT {', '.join(SHOWN_COLUMNS)} FROM snapshots WHERE dataset = 'a' "
         "ORDER BY version DESC"
-    )
-
-    def fetch() -> int:
-        db = sqlite3.connect(f"{url}/catalog.db")
-        rows = db.execute(query).fetchall()
-        db.close()
-        return len(rows)
-
-    times = []
-    for _ in range(repeats):
-        t, count = timed(fetch)
-        assert count > 0
-        times.append(t)
-    return times
+    ).fetchall()
+    db.close()
+    return len(rows)
 
 
-def _icechunk(rec: Recorder, case: str, d: Path, n: int, repeats: int) -> None:
-    ic = quiet_icechunk()
-    path = d / "ice"
+def _icechunk_history(path: Path, n: int) -> Path:
+    """An Icechunk repository at ``path`` with the same ``n`` commits on ``main``."""
+    quiet_icechunk()
     repo = icechunk_repo(path, None, split=False)
     s = repo.writable_session("main")
     zarr.group(s.store).create_array("v", shape=(1,), chunks=(1,), dtype="<u2", compressors=None)
@@ -94,17 +84,15 @@ def _icechunk(rec: Recorder, case: str, d: Path, n: int, repeats: int) -> None:
         s = repo.writable_session("main")
         zarr.open_array(s.store, path="v")[0] = i % 60000 + 1
         s.commit(f"commit {i}")
-    times = []
-    for _ in range(repeats):
+    return path
 
-        def reopen_and_walk() -> int:
-            r = ic.Repository.open(ic.local_filesystem_storage(str(path)))
-            return len(list(r.ancestry(branch="main")))
 
-        t, count = timed(reopen_and_walk)
-        assert count == n + 1  # Icechunk counts its "Repository initialized" snapshot
-        times.append(t)
-    rec.add("W6", case, "icechunk", "reopen+log time", "s", times)
+def _reopen_and_walk(path: Path) -> int:
+    """Icechunk's reopen and full ancestry (it counts its "Repository initialized"
+    snapshot, so one more entry than snapref's log)."""
+    ic = quiet_icechunk()
+    r = ic.Repository.open(ic.local_filesystem_storage(str(path)))
+    return len(list(r.ancestry(branch="main")))
 
 
 def _tiny_refs() -> dict:
