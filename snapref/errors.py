@@ -69,7 +69,8 @@ class MergeConflictError(ConflictError):
 
 
 class IntegrityError(SnapRefError):
-    """Stored bytes do not match their content hash."""
+    """A stored file a version needs is missing, or its bytes do not match their
+    content hash."""
 
 
 class InvalidInputError(SnapRefError, ValueError):

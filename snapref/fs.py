@@ -15,6 +15,7 @@ import io
 import itertools
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import unquote
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
@@ -52,10 +53,16 @@ class SourcePolicy:
         self.prefixes = prefixes
 
     def allows(self, url: str) -> bool:
-        return url.startswith(self.prefixes)
+        return url.startswith(self.prefixes) and not has_dot_segments(url)
 
     def check(self, key: str, url: str) -> None:
         """Raise :class:`DisallowedSourceError` unless ``url`` is allowed."""
+        if has_dot_segments(url):
+            raise DisallowedSourceError(
+                f"Key {key!r} points at {url!r}, whose path has '.' or '..' segments: "
+                "local files and many servers resolve them, so the URL may lead outside "
+                "the locations this dataset may read from. Write the URL without them."
+            )
         if not self.allows(url):
             allowed = ", ".join(self.prefixes) or "none"
             raise DisallowedSourceError(
@@ -63,6 +70,14 @@ class SourcePolicy:
                 f"read from ({allowed}). If that location is trusted, allow it with "
                 "'--allow-source PREFIX' (or allow_sources=[...] in Python)."
             )
+
+
+def has_dot_segments(url: str) -> bool:
+    """Whether the path of ``url`` has a ``.`` or ``..`` segment (also percent-encoded),
+    which a prefix check cannot judge: ``file:///allowed/../etc`` starts with
+    ``file:///allowed/`` but names ``/etc``."""
+    path = url.split("://", 1)[-1]
+    return any(seg in (".", "..") for seg in unquote(path).split("/"))
 
 
 def _fsspec_value(ref: Ref) -> Any:

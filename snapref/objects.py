@@ -263,42 +263,73 @@ class ContentStore:
 
         Raises
         ------
-        FileNotFoundError
-            If no such file is stored.
         IntegrityError
-            If the stored bytes do not hash to ``digest``.
+            If no such file is stored (a version refers to it, so it was lost), or
+            if the stored bytes do not hash to ``digest``. Never FileNotFoundError:
+            zarr would read that as a chunk never written, i.e. fill values.
         """
-        return self.verify(digest, self.warehouse.fs.cat_file(self.path(digest)))
+        try:
+            data = self.warehouse.fs.cat_file(self.path(digest))
+        except FileNotFoundError:
+            raise self._missing(digest) from None
+        return self.verify(digest, data)
 
     def get_many(self, digests: Iterable[str]) -> dict[str, bytes]:
         """Verified bytes of several files, fetched concurrently where the fs allows."""
         digests = list(dict.fromkeys(digests))
         paths = [self.path(d) for d in digests]
-        data = self.warehouse.fs.cat(paths) if paths else {}
+        data = self.warehouse.fs.cat(paths, on_error="return") if paths else {}
         if len(paths) == 1 and not isinstance(data, dict):
             data = {paths[0]: data}
-        return {d: self.verify(d, data[p]) for d, p in zip(digests, paths, strict=True)}
+        out = {}
+        for d, p in zip(digests, paths, strict=True):
+            got = data[p]
+            if isinstance(got, FileNotFoundError):
+                raise self._missing(d)
+            if isinstance(got, BaseException):
+                raise got
+            out[d] = self.verify(d, got)
+        return out
 
     async def get_async(self, afs: AsyncFileSystem, digest: str) -> bytes:
         """Like :meth:`get`, through an asynchronous filesystem from ``async_fs()``;
         reading (local files) and checking the hash run in a worker thread."""
         if self.warehouse.is_local:
             return await asyncio.to_thread(self._get_local, digest)
-        data = await afs._cat_file(self.path(digest))
+        try:
+            data = await afs._cat_file(self.path(digest))
+        except FileNotFoundError:
+            raise self._missing(digest) from None
         if len(data) < _THREAD_HASH:  # a thread hop costs more than hashing this
             return self.verify(digest, data)
         return await asyncio.to_thread(self.verify, digest, data)
 
     def _get_local(self, digest: str) -> bytes:
-        with open(self.path(digest), "rb") as f:
-            return self.verify(digest, f.read())
+        try:
+            with open(self.path(digest), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise self._missing(digest) from None
+        return self.verify(digest, data)
+
+    @property
+    def _noun(self) -> str:
+        return self.kind.removesuffix("s")  # objects -> object, shards -> shard
+
+    def _missing(self, digest: str) -> IntegrityError:
+        return IntegrityError(
+            f"{self._noun} {self.url(digest)} is missing from the warehouse, but a version "
+            f"refers to it. Restore that file from a backup (its name is the BLAKE3 of "
+            "the exact bytes it must hold); until then, the versions that use it cannot "
+            "be read."
+        )
 
     def verify(self, digest: str, data: bytes) -> bytes:
         """Return ``data`` if it hashes to ``digest``; raise IntegrityError otherwise."""
         actual = content_hash(data)
         if actual != digest:
             raise IntegrityError(
-                f"{self.kind} {self.url(digest)} is damaged: its bytes hash to {actual}, "
+                f"{self._noun} {self.url(digest)} is damaged: its bytes hash to {actual}, "
                 f"not {digest}. Restore that file from a backup: its name is the BLAKE3 "
                 "of the exact bytes it must hold."
             )

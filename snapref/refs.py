@@ -88,15 +88,17 @@ def encode_inline(data: bytes) -> str:
 
 @functools.lru_cache(maxsize=4096)  # reference sets repeat a few URLs many times
 def normalize_url(url: str, base: str | None = None) -> str:
-    """A comparable form of a reference URL: local paths become ``file://`` URLs.
+    """A comparable form of a reference URL: local paths become ``file://`` URLs,
+    without ``.`` or ``..`` segments.
 
     Relative local paths are resolved against ``base`` (the folder of the reference
     file); without one they are an error, since they would mean different files from
     different working directories.
     """
-    if "://" in url or url.startswith(("memory:", "file:")):
-        if url.startswith("file:") and not url.startswith("file://"):
-            url = "file://" + url[5:]
+    if url.startswith("file:"):
+        # file:/x, file:///x/../y -> file:///y: a local path means one file
+        return "file://" + posixpath.normpath("/" + url[5:].lstrip("/"))
+    if "://" in url or url.startswith("memory:"):
         return url
     if not posixpath.isabs(url):
         if base is None:

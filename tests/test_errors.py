@@ -12,6 +12,8 @@ import zarr
 
 import snapref
 from snapref.errors import SnapRefError
+from snapref.fs import SourcePolicy
+from snapref.manifest import SHARD_CACHE
 
 # every test here runs on SQLite, PostgreSQL and duckdb catalogs (tests/conftest.py)
 pytestmark = pytest.mark.all_catalogs
@@ -107,6 +109,32 @@ def test_reference_to_a_disallowed_location_is_refused(
     assert f"file://{secret.parent}/" in air.sources("air")
 
 
+def test_dot_segments_cannot_lead_out_of_an_allowed_location(
+    air: snapref.Repository, tmp_path: Path
+) -> None:
+    (allowed,) = air.sources("air")  # the folder air.h5 was imported from
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"0123456789")
+    climb = "../" * len(Path(allowed.removeprefix("file://")).parts)
+    refs = air.to_references("air")
+    # a local path names one file: file:///allowed/../x is read as file:///x, outside
+    refs["refs"]["temp/0.0.0"] = [f"{allowed}{climb}{str(secret).lstrip('/')}", 0, 10]
+    with pytest.raises(snapref.DisallowedSourceError, match=r"secret\.bin', outside"):
+        air.commit_references("air", refs, "climb out", parent=1)
+    # elsewhere '.' and '..' segments are refused outright, percent-encoded or not
+    air.allow_source("memory://sources/", dataset="air")
+    for url in ("memory://sources/../private/x", "memory://sources/%2e%2e/private/x"):
+        refs["refs"]["temp/0.0.0"] = [url, 0, 10]
+        with pytest.raises(snapref.DisallowedSourceError, match=r"'\.\.' segments"):
+            air.commit_references("air", refs, "climb out", parent=1)
+    assert air.head("air").version == 1
+    # and a manifest holding such a URL anyway (written by other software) is not read
+    policy = SourcePolicy(("file:///data/",))
+    assert policy.allows("file:///data/a.h5")
+    assert not policy.allows("file:///data/../etc/passwd")
+    assert not policy.allows("file:///data/x//../../etc/passwd")
+
+
 def test_reads_check_the_allowed_sources_too(air: snapref.Repository) -> None:
     # a source that is no longer allowed (or a tampered catalog) is never read
     with air.db.engine.begin() as conn:
@@ -127,6 +155,41 @@ def test_damaged_object_is_an_integrity_error(air: snapref.Repository) -> None:
         snapref.open(air, "air")["temp"][0, 0, 0]
     # the old version does not use the damaged object and still reads
     assert snapref.open(air, "air", version=1)["temp"][0, 0, 0] > 0
+
+
+def test_a_lost_object_is_an_error_never_fill_values(air: snapref.Repository) -> None:
+    # zarr reads a key that is not there as a chunk never written (fill values): a
+    # lost warehouse file must not look like that, or a later edit would commit it
+    with air.transaction("air", message="edit") as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1
+    objects = [p for p in (Path(air.warehouse.root) / "objects").rglob("*") if p.is_file()]
+    (target,) = [p for p in objects if p.stat().st_size > 1000]
+    target.unlink()
+    with pytest.raises(snapref.IntegrityError, match=r"object file://.* is missing.*Restore"):
+        snapref.open(air, "air")["temp"][0, 0, 0]
+    with pytest.raises(snapref.IntegrityError, match="is missing"):
+        snapref.open_dataset(air, "air")["temp"].load()
+    # writing part of that chunk reads the rest of it first: the edit fails whole
+    with pytest.raises(snapref.IntegrityError, match="is missing"):
+        with air.transaction("air", message="fix one value") as tx:
+            zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 1] = 2
+    assert air.head("air").version == 2
+    assert snapref.open(air, "air", version=1)["temp"][0, 0, 0] > 0
+
+
+def test_a_lost_manifest_shard_is_an_error_not_a_missing_array(
+    air: snapref.Repository,
+) -> None:
+    snap = air.head("air")
+    doc = json.loads(air.warehouse.content("manifests", ".json").get(snap.manifest))
+    (section,) = [s for s in doc["sections"] if s.endswith(":temp")]
+    digest = doc["sections"][section][0]["digest"]
+    Path(air.warehouse.content("shards", ".parquet").path(digest)).unlink()
+    SHARD_CACHE._items.clear()  # as in a new process
+    with pytest.raises(snapref.IntegrityError, match=r"shard file://.* is missing"):
+        snapref.open(air, "air")["temp"][0, 0, 0]
+    with pytest.raises(snapref.IntegrityError, match="is missing"):
+        list(snapref.open(air, "air").array_keys())
 
 
 def test_concurrent_commit_is_a_conflict(air: snapref.Repository) -> None:
