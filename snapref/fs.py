@@ -24,7 +24,12 @@ from fsspec.utils import get_protocol
 from zarr.core.buffer import Buffer
 from zarr.storage import FsspecStore
 
-from snapref.errors import DisallowedSourceError, ReadOnlyError, TransactionClosedError
+from snapref.errors import (
+    DisallowedSourceError,
+    InvalidKeyError,
+    ReadOnlyError,
+    TransactionClosedError,
+)
 from snapref.keys import is_metadata_key, validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
 from snapref.objects import BytesLike, ContentStore, new_async_fs, wrapped_fs
@@ -44,6 +49,10 @@ class _StagingFile(io.BytesIO):
         if not self.closed:
             self._fs.pipe_file(self._path, self.getvalue())
         super().close()
+
+
+#: the documents that make a folder an array or a group
+_NODE_DOCUMENTS = (".zarray", ".zgroup", "zarr.json")
 
 
 class SourcePolicy:
@@ -205,8 +214,18 @@ class StagedReferences(MutableMapping[str, Any]):
 
     # -- writing -----------------------------------------------------------------------
 
-    def __setitem__(self, key: str, value: Any) -> None:
+    def check_new_file(self, key: str) -> None:
+        """Raise unless ``key`` may hold a file: a valid key that is not the folder of
+        an array or group (a key cannot be a file and a folder at once)."""
         validate_key(key)
+        if any(f"{key}/{name}" in self for name in _NODE_DOCUMENTS):
+            raise InvalidKeyError(
+                f"Cannot write {key!r}: it is the folder of an array or group. Delete "
+                "that node first (rm -r), or write to a key inside it."
+            )
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.check_new_file(key)
         if isinstance(value, str):
             value = value.encode()
         if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -546,11 +565,11 @@ class SnapshotFileSystem(ReferenceFileSystem):
         if is_metadata_key(path):
             self._staged[path] = bytes(data)  # small JSON, kept inline until the commit
             return
+        self._staged.check_new_file(path)
         # chunks go to the warehouse now, as immutable content-addressed objects:
         # staging holds references only, so an edit of any size needs no memory, and
         # the commit writes just the manifest. A discarded edit leaves unreachable
         # objects, as a crash before the commit would (invariant 2).
-        validate_key(path)
         digest, written = await self._objects.put_async(
             self._warehouse_fs, data, stored=await self._stored_digest(path)
         )

@@ -38,7 +38,7 @@ from snapref.errors import (
     NotFoundError,
     VersionNotFoundError,
 )
-from snapref.keys import chunk_coords, is_metadata_key, node_path
+from snapref.keys import array_path_of, chunk_coords, is_metadata_key, node_path
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef, section_of
 from snapref.transaction import ChangeSet, commit_changes
 
@@ -702,15 +702,10 @@ def revert(
         )
     parent = repo.db.snapshot(snap.parents[0])
     head = repo.head(snap.dataset, branch)
-    mp, ms, mh = repo.manifest(parent), repo.manifest(snap), repo.manifest(head)
-    changes: dict[str, Ref | None] = {}
-    conflicts = []
-    for key, (before, after) in changed_entries(mp, ms).items():
-        now = mh.get(key)
-        if now == after:
-            changes[key] = before
-        elif now != before:
-            conflicts.append(key)
+    mh = repo.manifest(head)
+    # a three-way merge from ``snap`` of its parent's state into the head: what snap
+    # changed goes back, unless the branch changed it again since
+    changes, conflicts = three_way(repo.manifest(snap), mh, repo.manifest(parent))
     if conflicts:
         raise MergeConflictError(
             f"Cannot revert {snap.dataset} version {snap.version}: {len(conflicts)} keys it "
@@ -747,12 +742,23 @@ def three_way(
     base: Manifest, ours: Manifest, theirs: Manifest, strategy: str | None = None
 ) -> tuple[dict[str, Ref | None], list[str]]:
     """The changes that bring ``theirs``' edits (since ``base``) onto ``ours``, and the
-    keys both sides changed differently (resolved by ``strategy`` if given)."""
+    keys both sides changed differently (resolved by ``strategy`` if given).
+
+    Keys conflict one by one, except in an array whose definition (dtype, chunk grid,
+    codecs, fill value; not its shape or attributes) the two sides left different
+    while both changed something in it: chunk bytes are encoded by their array's
+    definition, so such an array is taken whole from one side (``strategy``), never
+    mixed.
+    """
     mine = changed_entries(base, ours)
     other = changed_entries(base, theirs)
+    arrays = base.arrays | ours.arrays | theirs.arrays
+    redefined = _redefined_arrays(mine, other, arrays)
     changes: dict[str, Ref | None] = {}
     conflicts = []
     for key, (_, after) in other.items():
+        if _array_of(key, arrays) in redefined:
+            continue
         if key in mine:
             if mine[key][1] == after:
                 continue
@@ -761,7 +767,72 @@ def three_way(
                 changes[key] = after
             continue
         changes[key] = after
-    return changes, conflicts
+    for keys in redefined.values():
+        conflicts.extend(keys)
+        if strategy == "theirs":  # the array as theirs has it: their changes, our undone
+            changes.update({k: other[k][1] if k in other else theirs.get(k) for k in keys})
+    return changes, sorted(conflicts)
+
+
+def _array_of(key: str, arrays: frozenset[str]) -> str | None:
+    """The array ``key`` belongs to (a chunk or a metadata document of it), if any."""
+    if is_metadata_key(key):
+        path = node_path(key)
+        return path if path in arrays else None
+    section = section_of(key, arrays)
+    return section.removeprefix("array:") if section.startswith("array:") else None
+
+
+#: fields of an array's metadata that do not change how its chunks are encoded: a
+#: resize (an append) or new attributes leave every written chunk valid
+_NOT_DEFINITION = ("shape", "attributes", "dimension_names")
+
+
+def _definition(ref: Ref | None) -> Any:
+    """What decides how an array's chunks are encoded, from its metadata document
+    (dtype, chunk grid, codecs, fill value...); None: no array."""
+    if not isinstance(ref, InlineRef):
+        return None if ref is None else ref
+    try:
+        doc = ujson.loads(ref.data)
+    except ValueError:
+        return ref.data
+    if isinstance(doc, dict):
+        for name in _NOT_DEFINITION:
+            doc.pop(name, None)
+    return ujson.dumps(doc, sort_keys=True)
+
+
+def _array_document(key: str, ref: Ref | None) -> str | None:
+    """The array whose metadata document ``ref`` at ``key`` is, if it is one."""
+    return array_path_of(key, ref.data) if isinstance(ref, InlineRef) else None
+
+
+def _redefined_arrays(
+    mine: Mapping[str, tuple[Ref | None, Ref | None]],
+    other: Mapping[str, tuple[Ref | None, Ref | None]],
+    arrays: frozenset[str],
+) -> dict[str, list[str]]:
+    """``{array: keys of it either side changed}`` for each array whose definition
+    differs between the sides' results while both sides changed something in it."""
+    definitions: dict[str, list[Any]] = {}  # array -> [definition after mine, after other]
+    for side, changes in enumerate((mine, other)):
+        for key, (before, after) in changes.items():
+            path = _array_document(key, before) or _array_document(key, after)
+            if path is None:
+                continue
+            pair = definitions.setdefault(path, [_definition(before)] * 2)
+            pair[side] = _definition(after)
+    differing = {a for a, (x, y) in definitions.items() if x != y}
+    if not differing:
+        return {}
+    touched: dict[str, tuple[set[str], set[str]]] = {}
+    for side, changes in enumerate((mine, other)):
+        for key in changes:
+            array = _array_of(key, arrays | differing)
+            if array in differing:
+                touched.setdefault(array, (set(), set()))[side].add(key)
+    return {a: sorted(m | o) for a, (m, o) in touched.items() if m and o}
 
 
 @dataclass(frozen=True)
@@ -841,18 +912,40 @@ def rebase_changeset(
         If some key was changed both by the transaction and on the branch.
     """
     head = repo.head(dataset, branch)
-    theirs = changed_entries(repo.manifest(parent), repo.manifest(head))
+    m_parent, m_head = repo.manifest(parent), repo.manifest(head)
+    theirs = changed_entries(m_parent, m_head)
+    mine = {
+        k: (m_parent.get(k) if is_metadata_key(k) else None, ref)
+        for k, ref in changeset.changes.items()
+    }
+    arrays = m_parent.arrays | m_head.arrays | _arrays_defined(changeset.changes)
+    redefined = _redefined_arrays(mine, theirs, arrays)
     overlap = sorted(
-        k for k, ref in changeset.changes.items() if k in theirs and theirs[k][1] != ref
+        {k for k, ref in changeset.changes.items() if k in theirs and theirs[k][1] != ref}
+        | {k for keys in redefined.values() for k in keys}
     )
     if overlap:
+        arrays_note = (
+            f" (arrays {', '.join(sorted(redefined))} have another definition there than "
+            "in your edit, and chunks written under one cannot join the other)"
+            if redefined
+            else ""
+        )
         raise MergeConflictError(
-            f"Branch {branch!r} of {dataset!r} moved while you worked and changed "
-            f"{len(overlap)} keys you changed too: {', '.join(overlap[:10])}. Nothing was "
-            "committed; start again from the new head.",
+            f"Branch {branch!r} of {dataset!r} moved while you worked, and its changes "
+            f"conflict with yours in {len(overlap)} keys: {', '.join(overlap[:10])}"
+            f"{' ...' if len(overlap) > 10 else ''}{arrays_note}. Nothing was committed; "
+            "start again from the new head.",
             overlap,
         )
     return head, repo.manifest(head)
+
+
+def _arrays_defined(changes: Mapping[str, Ref | None]) -> frozenset[str]:
+    """Arrays that ``changes`` create or redefine (their new metadata documents)."""
+    return frozenset(
+        path for k, ref in changes.items() if (path := _array_document(k, ref)) is not None
+    )
 
 
 # -- graph --------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def validate_key(key: str) -> str:
     ------
     InvalidKeyError
         If the key is empty, absolute, contains a backslash or NUL, has empty
-        components (``a//b``) or ``.``/``..`` components that could escape the dataset.
+        components (``a//b``) or ``.``/``..`` components that could escape the dataset,
+        or goes below a metadata document (``a/.zarray/b``).
     """
     if not isinstance(key, str) or not key:
         raise InvalidKeyError(f"Invalid key {key!r}: keys must be non-empty strings")
@@ -48,11 +49,17 @@ def validate_key(key: str) -> str:
         )
     if "\\" in key or "\x00" in key:
         raise InvalidKeyError(f"Invalid key {key!r}: backslashes and NUL are not allowed")
-    for part in key.split("/"):
+    parts = key.split("/")
+    for part in parts:
         if part in ("", ".", ".."):
             raise InvalidKeyError(
                 f"Invalid key {key!r}: empty, '.' and '..' path components are not "
                 "allowed (a key may not escape its dataset)"
+            )
+    for part in parts[:-1]:
+        if part in METADATA_NAMES:
+            raise InvalidKeyError(
+                f"Invalid key {key!r}: {part!r} is a zarr metadata document, not a folder"
             )
     return key
 
@@ -60,6 +67,19 @@ def validate_key(key: str) -> str:
 def is_metadata_key(key: str) -> bool:
     """True for zarr metadata documents (``.zarray``, ``zarr.json``, ...)."""
     return key.rpartition("/")[2] in METADATA_NAMES
+
+
+def same_document(a: bytes, b: bytes) -> bool:
+    """Whether two JSON documents hold the same value, written differently (key order,
+    spacing): zarr rewrites kerchunk's compact metadata in its own style when it
+    saves an array's attributes, and that is no change of the array."""
+    try:
+        return bool(
+            ujson.dumps(ujson.loads(a), sort_keys=True)
+            == ujson.dumps(ujson.loads(b), sort_keys=True)
+        )
+    except (ValueError, OverflowError):
+        return False
 
 
 def node_path(key: str) -> str:

@@ -175,8 +175,12 @@ class SnaprefFileSystem(SnapshotFileSystem):
         loop: Any = None,
         _resolved: tuple[Snapshot, Manifest] | None = None,
         _warehouse_fs: AsyncFileSystem | None = None,
+        _url_dataset: str | None = None,
+        _url_version: str | None = None,
         **kwargs: Any,
     ) -> None:
+        dataset = _one_way("dataset", dataset, _url_dataset)
+        version = _one_way("version", version, _url_version)
         if dataset is None:
             raise InvalidInputError(
                 "Name the dataset: open snapref://NAME[@VERSION], or pass dataset=NAME"
@@ -274,12 +278,14 @@ class SnaprefFileSystem(SnapshotFileSystem):
 
     @staticmethod
     def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
+        # under names of their own: fsspec fails with a bare TypeError when an option
+        # from the URL and one given by the caller share a name but not a value
         name, ref, _ = parse_url(path)
         out: dict[str, Any] = {}
         if name is not None:
-            out["dataset"] = name
+            out["_url_dataset"] = name
         if ref is not None:
-            out["version"] = ref
+            out["_url_version"] = ref
         return out
 
     def unstrip_protocol(self, name: str) -> str:
@@ -378,3 +384,15 @@ def _unpickle(
         _resolved=(snapshot, repository.manifest(snapshot)),
         asynchronous=asynchronous,
     )
+
+
+def _one_way(option: str, given: Any, from_url: str | None) -> Any:
+    """The dataset or version, from the URL or the options, which must agree."""
+    if from_url is None:
+        return given
+    if given is not None and str(given) != from_url:
+        raise InvalidInputError(
+            f"The URL names {option} {from_url!r} and the options say {option}={given!r}; "
+            "give it one way (snapref://NAME@VERSION, or the options alone)"
+        )
+    return from_url

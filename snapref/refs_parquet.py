@@ -152,6 +152,11 @@ def load_parquet_references(
     folder = None if "://" in url else posixpath.dirname(posixpath.abspath(root))
     out: dict[str, Parsed] = {}
     for key, value in metadata.items():
+        if posixpath.basename(key) == ZMETADATA:
+            # consolidated metadata written by zarr into the layout's own .zmetadata:
+            # a copy of the documents beside it, stale after the next edit (and the
+            # export leaves it out the same way)
+            continue
         validate_key(key)
         data = ujson.dumps(value).encode() if not isinstance(value, str) else value.encode()
         if base is not None and not base.is_empty:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import getpass
+import operator
 import os
 import posixpath
 import subprocess
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -165,8 +166,8 @@ class Repository:
             return self.db.snapshot(snap_id)
         if version is None:
             return self.head(name, branch or MAIN_BRANCH)
-        if isinstance(version, bool):
-            raise InvalidInputError(f"Invalid version {version!r}")
+        if not isinstance(version, str):
+            version = _version_number(version)
         if isinstance(version, int) or (isinstance(version, str) and version.isdigit()):
             snap = self.db.snapshot_by_version(name, int(version))
             if snap is not None:
@@ -877,16 +878,39 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return name, (ref if sep else None)
 
 
-def _parse_when(when: datetime | str) -> datetime:
+def _version_number(version: Any) -> int:
+    """A version given as a number of any integer type (numpy's, pandas'...)."""
+    try:
+        if isinstance(version, bool):
+            raise TypeError
+        return operator.index(version)
+    except TypeError:
+        raise InvalidInputError(
+            f"Invalid version {version!r}: give a version number, a branch or tag name, "
+            "or a snapshot id"
+        ) from None
+
+
+def _parse_when(when: Any) -> datetime:
+    """``as_of`` as a datetime: a datetime (pandas' Timestamp is one), a date (its
+    midnight, UTC), a numpy datetime64 or ISO 8601 text."""
     if isinstance(when, datetime):
         return when
-    try:
-        parsed = datetime.fromisoformat(when.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InvalidInputError(
-            f"Invalid time {when!r}: use ISO 8601, e.g. 2026-01-01T12:00:00Z"
-        ) from exc
-    return parsed
+    if isinstance(when, date):
+        return datetime.combine(when, time(), tzinfo=UTC)
+    if type(when).__name__ == "datetime64" and hasattr(when, "astype"):  # numpy's
+        item = when.astype("datetime64[us]").item()
+        if isinstance(item, datetime):
+            return item
+    if isinstance(when, str):
+        try:
+            return datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    raise InvalidInputError(
+        f"Invalid time {when!r}: give a datetime, a date, or ISO 8601 text such as "
+        "2026-01-01T12:00:00Z"
+    )
 
 
 def _check_ref_name(name: str, what: str = "ref") -> None:

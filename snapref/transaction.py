@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from snapref.catalog import Snapshot
 from snapref.errors import ConflictError, TransactionClosedError
 from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
-from snapref.keys import is_metadata_key
+from snapref.keys import is_metadata_key, same_document
 from snapref.manifest import (
     InlineRef,
     Manifest,
@@ -72,12 +72,13 @@ class ChangeSet:
         self.changes[key] = None
 
     def without_noops(self, base: Manifest) -> ChangeSet:
-        """The changes that really differ from ``base`` (and only their objects)."""
+        """The changes that really differ from ``base`` (and only their objects); a
+        metadata document rewritten with the same JSON value is no change."""
         real: dict[str, Ref | None]
         if base.is_empty:
             real = {k: r for k, r in self.changes.items() if r is not None}
         else:
-            real = {k: r for k, r in self.changes.items() if base.get(k) != r}
+            real = {k: r for k, r in self.changes.items() if not _same(k, base.get(k), r)}
         needed = {r.digest for r in real.values() if isinstance(r, ObjectRef)}
         return ChangeSet(
             real,
@@ -89,6 +90,17 @@ class ChangeSet:
 
     def virtual_refs(self) -> Iterable[tuple[str, VirtualRef]]:
         return ((k, r) for k, r in self.changes.items() if isinstance(r, VirtualRef))
+
+
+def _same(key: str, before: Ref | None, after: Ref | None) -> bool:
+    if before == after:
+        return True
+    return (
+        is_metadata_key(key)
+        and isinstance(before, InlineRef)
+        and isinstance(after, InlineRef)
+        and same_document(before.data, after.data)
+    )
 
 
 def commit_changes(

@@ -192,6 +192,17 @@ def test_a_lost_manifest_shard_is_an_error_not_a_missing_array(
         list(snapref.open(air, "air").array_keys())
 
 
+def test_a_key_cannot_be_a_file_and_a_folder(air: snapref.Repository) -> None:
+    with pytest.raises(snapref.InvalidKeyError, match=r"'temp'.*folder of an array"):
+        with air.transaction("air", message="bad") as tx:
+            tx.fs.pipe_file("temp", b"xx")
+    with pytest.raises(snapref.InvalidKeyError, match=r"'\.zarray' is a zarr metadata document"):
+        with air.transaction("air", message="bad") as tx:
+            tx.fs.pipe_file("temp/.zarray/x", b"xx")
+    assert air.head("air").version == 1
+    assert air.manifest(air.head("air")).get("temp") is None
+
+
 def test_concurrent_commit_is_a_conflict(air: snapref.Repository) -> None:
     tx1 = air.transaction("air", message="first")
     tx2 = air.transaction("air", message="second")

@@ -243,6 +243,78 @@ def test_rebase_replays_a_transaction_onto_a_moved_branch(air: snapref.Repositor
         tx.commit()
 
 
+def _sparse_int_array(repo: snapref.Repository) -> None:
+    """Dataset ``g``: array ``s`` (int32, 2 x 2 chunks of 2 x 2) with only chunk 0.0."""
+    repo.import_references("g", {"version": 1, "refs": {".zgroup": '{"zarr_format": 2}'}})
+    with repo.transaction("g", message="sparse") as tx:
+        s = zarr.open_group(tx.store, mode="r+").create_array(
+            "s", shape=(4, 4), chunks=(2, 2), dtype="i4", fill_value=0, compressors=None
+        )
+        s[0:2, 0:2] = 1
+
+
+def _make_float(store: Any) -> None:
+    """Recreate ``s`` as float32 with the same values: a new definition of the array."""
+    g = zarr.open_group(store, mode="r+")
+    values = g["s"][:]
+    del g["s"]
+    g.create_array("s", shape=(4, 4), chunks=(2, 2), dtype="f4", fill_value=0, compressors=None)[
+        :
+    ] = values
+
+
+def test_rebase_never_mixes_chunks_of_two_array_definitions(air: snapref.Repository) -> None:
+    repo = air
+    _sparse_int_array(repo)
+    # a new chunk written as int32 cannot join the array once it is float32
+    slow = repo.transaction("g", message="new block", rebase=True)
+    zarr.open_group(slow.store, mode="r+")["s"][2:4, 2:4] = 5
+    with repo.transaction("g", message="to float") as tx:
+        _make_float(tx.store)
+    with pytest.raises(snapref.MergeConflictError, match="another definition") as err:
+        slow.commit()
+    assert {"s/.zarray", "s/1.1"} <= set(err.value.keys)
+    s = snapref.open(repo, "g")["s"]
+    assert s.dtype == np.float32 and s[3, 3] == 0 and repo.head("g").message == "to float"
+    # new attributes or a new shape are no new definition: chunks rebase onto them
+    slow = repo.transaction("g", message="another block", rebase=True)
+    zarr.open_group(slow.store, mode="r+")["s"][2:4, 0:2] = 3
+    with repo.transaction("g", message="units and one more row") as tx:
+        s = zarr.open_group(tx.store, mode="r+")["s"]
+        s.attrs["units"] = "K"
+        s.resize((6, 4))
+    assert slow.commit() is not None
+    s = snapref.open(repo, "g")["s"]
+    assert (s.shape, s.attrs["units"], s[3, 0], s[0, 0]) == ((6, 4), "K", 3, 1)
+    # an array deleted on the branch takes no chunks written meanwhile
+    slow = repo.transaction("g", message="late write", rebase=True)
+    zarr.open_group(slow.store, mode="r+")["s"][0, 3] = 7
+    with repo.transaction("g", message="drop s") as tx:
+        del zarr.open_group(tx.store, mode="r+")["s"]
+    with pytest.raises(snapref.MergeConflictError, match=r"s/0\.1"):
+        slow.commit()
+    assert "s" not in snapref.open(repo, "g")
+
+
+def test_merge_takes_an_array_redefined_on_one_side_whole(air: snapref.Repository) -> None:
+    repo = air
+    _sparse_int_array(repo)
+    repo.branch("g", "f")
+    with repo.transaction("g", message="to float", branch="f") as tx:
+        _make_float(tx.store)
+    with repo.transaction("g", message="new block") as tx:
+        zarr.open_group(tx.store, mode="r+")["s"][2:4, 2:4] = 5
+    with pytest.raises(snapref.MergeConflictError) as err:
+        repo.merge("g", "f")
+    assert err.value.keys == ["s/.zarray", "s/0.0", "s/1.1"]
+    assert repo.merge("g", "f", strategy="ours").snapshot is None  # main keeps its s
+    repo.merge("g", "f", strategy="theirs")
+    s = snapref.open(repo, "g")["s"]
+    expected = np.zeros((4, 4), "f4")
+    expected[0:2, 0:2] = 1
+    assert s.dtype == np.float32 and np.array_equal(s[:], expected)  # f's s, whole
+
+
 def test_audit_lists_every_ref_change(story: dict[str, Any]) -> None:
     repo = story["repo"]
     repo.tag("air", 5, "v1.0")

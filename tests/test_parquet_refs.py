@@ -130,6 +130,23 @@ def test_commit_what_the_lazy_mapper_flushed(air: snapref.Repository, tmp_path: 
     assert air.commit_references("air", str(out), "again") is None
 
 
+def test_consolidated_metadata_zarr_writes_into_the_layout_is_not_kept(
+    air: snapref.Repository, tmp_path: Path
+) -> None:
+    # zarr may consolidate into the layout's metadata; kept, that copy would hide the
+    # next version's changes from every reader that trusts consolidated metadata
+    out = tmp_path / "work.parq"
+    air.checkout("air", None, str(out), format="parquet")
+    fs, g = _fsspec_group(out, mode="r+")
+    g.attrs["edited"] = True
+    zarr.consolidate_metadata(g.store, zarr_format=2)
+    fs.references.flush()
+    assert ".zmetadata" in json.loads((out / ".zmetadata").read_text())["metadata"]
+    snap = air.commit_references("air", str(out), "Edit attributes")
+    assert snap is not None and air.changes(snap) == {".zattrs": "M"}
+    assert ".zmetadata" not in snapref.open(air, "air").store.fs.ls("", detail=False)
+
+
 def test_cli_checkout_edit_commit(run: Any, tmp_path: Path, kerchunk_refs: Any) -> None:
     refs_to_dataframe(kerchunk_refs, str(tmp_path / "in.parq"), record_size=100)
     run("init")

@@ -139,6 +139,13 @@ def test_errors_say_what_to_do(versions: snapref.Repository, monkeypatch: Any) -
         zarr.open_group("snapref://air@9", mode="r", storage_options={"repo": versions.url})
     with pytest.raises(snapref.DatasetNotFoundError):
         zarr.open_group("snapref://sea", mode="r", storage_options={"repo": versions.url})
+    # the URL and the options may both name the version, if they agree
+    both = {"repo": versions.url, "version": 1}
+    assert zarr.open_group("snapref://air@1", mode="r", storage_options=both)["temp"][0, 0, 0] == (
+        _first(1)
+    )
+    with pytest.raises(snapref.InvalidInputError, match=r"URL names version '1'.*version=2"):
+        zarr.open_group("snapref://air@1", mode="r", storage_options={**both, "version": 2})
     # the repository may also come from the environment, like the CLI's
     monkeypatch.setenv("SNAPREF_REPO", versions.url)
     g = zarr.open_group("snapref://air@1", mode="r", storage_options={})

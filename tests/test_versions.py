@@ -41,6 +41,10 @@ def test_every_form_of_version(air: snapref.Repository) -> None:
     assert _first(air, s2.id[:8]) == 2.0
     assert _first(air, "main") == 3.0
     assert _first(air, 1) == temp_values()[0, 0, 0]
+    # numbers from numpy, pandas or Arrow are version numbers too
+    assert _first(air, np.int64(2)) == 2.0
+    with pytest.raises(snapref.InvalidInputError, match=r"Invalid version 2\.5"):
+        _first(air, 2.5)
 
 
 def test_as_of_picks_the_head_at_that_time(air: snapref.Repository) -> None:
@@ -55,6 +59,14 @@ def test_as_of_picks_the_head_at_that_time(air: snapref.Repository) -> None:
         _first(air, as_of=between - timedelta(days=1))
     with pytest.raises(snapref.InvalidInputError, match="either a version or as_of"):
         _first(air, 1, as_of=between)
+    # a numpy time, or a date (its midnight, UTC)
+    assert _first(air, as_of=np.datetime64(between.replace(tzinfo=None))) == _first(air, 1)
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date()
+    assert _first(air, as_of=tomorrow) == 5.0
+    with pytest.raises(snapref.VersionNotFoundError, match="had no version"):
+        _first(air, as_of=tomorrow - timedelta(days=2))
+    with pytest.raises(snapref.InvalidInputError, match="Invalid time 12"):
+        _first(air, as_of=12)
 
 
 def test_branches_are_independent_and_tags_never_move(air: snapref.Repository) -> None:
@@ -90,6 +102,16 @@ def test_provenance_is_recorded(air: snapref.Repository) -> None:
     assert air.db.changes(snap.id) == {"temp/0.0.0": "M"}
     # the default author comes from SNAPREF_AUTHOR (set by the test suite)
     assert air.resolve("air", 1).author == "Test Author <test@example.org>"
+
+
+def test_new_attributes_change_only_the_attributes(air: snapref.Repository) -> None:
+    # zarr saves the array's .zarray again, in its own JSON style: the same document
+    with air.transaction("air", message="units") as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"].attrs["units"] = "degK"
+    assert tx.snapshot is not None
+    assert air.changes(tx.snapshot) == {"temp/.zattrs": "M"}
+    assert tx.snapshot.summary["metadata_changed"] == 1
+    assert snapref.open(air, "air")["temp"].attrs["units"] == "degK"
 
 
 def test_a_long_message_is_recorded_whole(air: snapref.Repository) -> None:
