@@ -15,7 +15,9 @@ then ask::
 from __future__ import annotations
 
 import os
+from typing import Any
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -38,35 +40,53 @@ def parse_slice(text: str | None) -> tuple[int | slice, ...]:
     return tuple(out)
 
 
+def json_values(values: Any) -> Any:
+    """Array values as JSON allows them: NaN (a masked value, often) becomes null."""
+    array = np.asarray(values)
+    if array.dtype.kind == "f" and np.isnan(array).any():
+        array = np.where(np.isnan(array), None, array.astype(object))
+    return array.tolist()
+
+
 def create_app(repo: snapref.Repository | str) -> Starlette:
     """The app over one repository (a URL is connected once, here)."""
     repository = repo if isinstance(repo, snapref.Repository) else snapref.connect(repo)
 
     async def versions(request: Request) -> JSONResponse:
         name = request.path_params["dataset"]
-        return JSONResponse([s.to_json() for s in repository.log(name)])
+        try:
+            history = repository.log(name)
+        except snapref.NotFoundError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse([s.to_json() for s in history])
 
     async def array_slice(request: Request) -> JSONResponse:
         name = request.path_params["dataset"]
         version = request.query_params.get("version")
         try:
             snap = repository.resolve(name, version)
-            selection = parse_slice(request.query_params.get("slice"))
-        except (snapref.NotFoundError, snapref.InvalidInputError, ValueError) as exc:
+        except snapref.NotFoundError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
+        try:
+            selection = parse_slice(request.query_params.get("slice"))
+        except ValueError as exc:
+            return JSONResponse({"error": f"bad slice: {exc}"}, status_code=400)
         group = await snapref.open_snapshot_async(repository, snap)
         try:
             array = await group.getitem(request.path_params["array"])
         except KeyError:
             return JSONResponse({"error": f"no array {request.path_params['array']!r}"}, 404)
-        values = await array.getitem(selection)
+        try:
+            values = await array.getitem(selection)
+        except IndexError as exc:  # out of bounds, or more indices than dimensions
+            return JSONResponse({"error": f"bad slice for shape {array.shape}: {exc}"}, 400)
         return JSONResponse(
             {
                 "dataset": name,
                 "version": snap.version,
                 "snapshot": snap.id,
                 "shape": list(values.shape),
-                "values": values.tolist(),
+                "values": json_values(values),
             }
         )
 

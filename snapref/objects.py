@@ -350,11 +350,31 @@ async def _store_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool
 
 
 def _write_local_if_absent(path: str, data: BytesLike) -> bool:
-    """Write the local file ``path`` (atomically) unless it exists; whether it was."""
+    """Write the local file ``path`` unless it exists; whether this call wrote it.
+
+    The bytes go to a temporary file that is then linked under ``path``: a partial
+    file never appears under a content name, and of two writers racing to store the
+    same bytes exactly one creates it (the other's link finds it there), so the
+    counts of objects written stay true.
+    """
     if os.path.exists(path):
         return False
-    _atomic_write_local(path, data)
-    return True
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: replace, as good as linking
+            os.replace(tmp, path)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool | None:
@@ -390,17 +410,3 @@ async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool |
             return False
         return True
     return None
-
-
-def _atomic_write_local(path: str, data: BytesLike) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

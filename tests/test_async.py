@@ -163,3 +163,14 @@ def test_asgi_example_serves_slices_of_any_version(few: snapref.Repository) -> N
         missing = client.get("/air/temp", params={"version": "99"})
         assert missing.status_code == 404 and "no version" in missing.json()["error"]
         assert client.get("/air/nothing").status_code == 404
+        assert client.get("/sea/versions").status_code == 404
+        for bad in ("0,0,999", "0,0,0,0", "a:b"):
+            reply = client.get("/air/temp", params={"slice": bad})
+            assert reply.status_code == 400 and "bad slice" in reply.json()["error"]
+
+    # NaN (a masked value) is not JSON: it is served as null
+    with few.transaction("air", message="mask") as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0:2] = np.nan
+    with TestClient(app) as client:
+        masked = client.get("/air/temp", params={"slice": "0,0,0:3"}).json()["values"]
+    assert masked[:2] == [None, None] and masked[2] == float(temp_values()[0, 0, 2])

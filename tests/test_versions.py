@@ -249,3 +249,26 @@ def test_the_same_bytes_are_stored_once_on_any_warehouse(where: str, tmp_path: A
         assert snapref.open(repo, "b")["x"][:].tolist() == [1, 2, 3, 4]
         objects = repo.warehouse.fs.find(repo.warehouse.path("objects"))
         assert len(objects) == 1
+
+
+def test_racing_writers_of_the_same_bytes_create_one_object(tmp_path: Any) -> None:
+    # zarr writes chunks concurrently: identical ones race to store the same object,
+    # and exactly one of them may report it written (summaries count objects)
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from snapref.objects import Warehouse
+
+    store = Warehouse(str(tmp_path)).content("objects")
+    data = np.random.default_rng(0).bytes(1 << 20)
+    start = threading.Barrier(8)
+
+    def put(_: int) -> bool:
+        start.wait()  # all at once, as zarr's concurrent writes do
+        return store.put(data)[1]
+
+    with ThreadPoolExecutor(8) as pool:
+        written = list(pool.map(put, range(8)))
+    assert sum(written) == 1
+    files = [p for p in (tmp_path / "objects").rglob("*") if p.is_file()]
+    assert [p.read_bytes() == data for p in files] == [True]  # no temporary file left
