@@ -914,13 +914,17 @@ def _parse_when(when: Any) -> datetime:
 
 
 def _check_ref_name(name: str, what: str = "ref") -> None:
+    # URLs (snapref://NAME@REF), shells and Intake's templates ({{ }}) all take these
     bad = (
-        (not name) or name.isdigit() or any(c in name for c in "@/\\ \t\n") or name.startswith(".")
+        not name
+        or name.isdigit()
+        or name.startswith(".")
+        or not all(c.isalnum() or c in "-_." for c in name)
     )
     if bad:
         raise InvalidInputError(
-            f"Invalid {what} name {name!r}: use letters, digits, '-', '_' and '.', not "
-            "only digits (those are version numbers), no '@', '/' or spaces"
+            f"Invalid {what} name {name!r}: use letters, digits, '-', '_' and '.' (not "
+            "first), and not only digits (those are version numbers)"
         )
 
 

@@ -230,6 +230,11 @@ def test_names_are_checked(air: snapref.Repository) -> None:
         air.tag("air", 1, "12")
     with pytest.raises(snapref.InvalidInputError):
         air.branch("air", "a/b")
+    for name in ("{{x}}", "a b", "a:b", "a%20b", ".hidden"):
+        with pytest.raises(snapref.InvalidInputError, match="letters, digits"):
+            air.import_references(name, {".zgroup": "{}"})
+    assert air.datasets() == ["air"]
+    air.import_references("sea-surface_temp.v2", {".zgroup": "{}"})
     air.tag("air", 1, "v1")
     with pytest.raises(snapref.AlreadyExistsError, match="tag named 'v1'"):
         air.tag("air", 1, "v1")
