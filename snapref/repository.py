@@ -38,7 +38,13 @@ from snapref.errors import (
 from snapref.fs import SnapshotFileSystem, SourcePolicy, StagedReferences
 from snapref.manifest import InlineRef, Manifest, ObjectRef, VirtualRef
 from snapref.objects import Warehouse
-from snapref.refs import encode_inline, load_reference_file, parse_references, source_prefix
+from snapref.refs import (
+    encode_inline,
+    load_reference_file,
+    normalize_url,
+    parse_references,
+    source_prefix,
+)
 from snapref.refs_parquet import (
     DEFAULT_RECORD_SIZE,
     is_parquet_references,
@@ -470,6 +476,7 @@ class Repository:
         storage_options: Mapping[str, Any] | None = None,
         format: str = "json",  # noqa: A002 - the CLI's --format
         record_size: int = DEFAULT_RECORD_SIZE,
+        overwrite: bool = False,
     ) -> Snapshot:
         """Write version ``version`` of ``name`` as a kerchunk JSON reference file, or
         with ``format="parquet"`` as a complete parquet reference directory
@@ -479,12 +486,17 @@ class Repository:
         file under ``"snapref"`` (in ``PATH/.snapref`` for a directory) and in a
         sidecar file ``PATH.snapref``, so that :meth:`commit_references` knows the
         parent even after ``fs.save_json`` or the lazy mapper's ``flush()``.
+
+        An existing ``path`` is replaced only with ``overwrite=True`` (it may hold
+        edits not committed yet), and only if it is a reference set; nothing is ever
+        written inside the warehouse or over the catalog.
         """
         import fsspec
 
         if format not in ("json", "parquet"):
             raise InvalidInputError(f"Unknown reference format {format!r}: use json or parquet")
         snap = self.resolve(name, version, branch=branch)
+        self._check_checkout_target(path, storage_options, format, overwrite)
         named = self.db.ref(name, version) if isinstance(version, str) else None
         on_branch = branch or (
             version if isinstance(version, str) and named and named.kind == BRANCH else MAIN_BRANCH
@@ -508,6 +520,47 @@ class Repository:
             f.write(ujson.dumps(out).encode())
         _write_record(path + SIDECAR_SUFFIX, record, storage_options)
         return snap
+
+    def _check_checkout_target(
+        self, path: str, storage_options: Mapping[str, Any] | None, fmt: str, overwrite: bool
+    ) -> None:
+        """Raise unless a checkout may write ``path`` (see :meth:`checkout`)."""
+        import fsspec
+
+        fs, where = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+        where = where.rstrip("/")
+        target = fs.unstrip_protocol(where)
+        catalog = self.db.engine.url
+        inside = target == self.warehouse.url or target.startswith(self.warehouse.url + "/")
+        if inside or (
+            catalog.get_backend_name() in ("sqlite", "duckdb")
+            and catalog.database
+            and normalize_url(target) == normalize_url(os.path.abspath(catalog.database))
+        ):
+            raise InvalidInputError(
+                f"Cannot check out to {path!r}: it is the repository's own storage "
+                f"({self.warehouse.url}), which only snapref writes. Choose a path outside it."
+            )
+        if not fs.exists(where):
+            return
+        if fmt == "json" and fs.isdir(where):
+            raise InvalidInputError(
+                f"Cannot check out to {path!r}: it is a folder. Give the path of the JSON "
+                "file to write inside it, e.g. DIR/work.json."
+            )
+        if not overwrite:
+            raise InvalidInputError(
+                f"{path!r} exists already. Choose a new path, or replace it with --force "
+                "(overwrite=True in Python): edits in it not committed yet would be lost."
+            )
+        if fmt == "json":
+            with fs.open(where, "rb") as f:
+                head = f.read(64).lstrip()
+            if not head.startswith(b"{"):
+                raise InvalidInputError(
+                    f"{path!r} exists and is not a JSON reference file; snapref does not "
+                    "replace other files, even with --force. Choose another path."
+                )
 
     def _record(self, snap: Snapshot, branch: str) -> dict[str, Any]:
         return {

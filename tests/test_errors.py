@@ -203,6 +203,37 @@ def test_a_key_cannot_be_a_file_and_a_folder(air: snapref.Repository) -> None:
     assert air.manifest(air.head("air")).get("temp") is None
 
 
+def test_checkout_replaces_nothing_it_should_not(
+    air: snapref.Repository, hdf5_file: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work.json"
+    air.checkout("air", None, str(work))
+    edited = work.read_bytes().replace(b'"air"', b'"air" ')  # an edit not committed yet
+    work.write_bytes(edited)
+    with pytest.raises(snapref.InvalidInputError, match=r"exists already.*--force"):
+        air.checkout("air", 1, str(work))
+    assert work.read_bytes() == edited
+    air.checkout("air", 1, str(work), overwrite=True)  # asked for: replaced
+    assert json.loads(work.read_text())["snapref"]["version"] == 1
+    # never a file that is not a reference set (the source HDF5 file, say)
+    source = hdf5_file.read_bytes()
+    with pytest.raises(snapref.InvalidInputError, match="not a JSON reference file"):
+        air.checkout("air", None, str(hdf5_file), overwrite=True)
+    assert hdf5_file.read_bytes() == source
+    # never into the warehouse or over the catalog, never a folder
+    root = Path(air.warehouse.root)
+    for target in (root / "catalog.db", root / "snapref.json", root / "objects" / "x.json"):
+        with pytest.raises(snapref.InvalidInputError, match="repository's own storage"):
+            air.checkout("air", None, str(target), overwrite=True)
+    with pytest.raises(snapref.InvalidInputError, match="is a folder"):
+        air.checkout("air", None, str(tmp_path) + "/")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("work")) == [
+        "work.json",
+        "work.json.snapref",
+    ]
+    assert [s.version for s in air.log("air")] == [1]
+
+
 def test_concurrent_commit_is_a_conflict(air: snapref.Repository) -> None:
     tx1 = air.transaction("air", message="first")
     tx2 = air.transaction("air", message="second")

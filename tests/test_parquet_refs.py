@@ -178,8 +178,10 @@ def test_layouts_parquet_cannot_hold_are_refused(repo: snapref.Repository, tmp_p
     assert not is_parquet_references(str(tmp_path / "bad.parq"))
     # a checkout never deletes a folder that is not a parquet reference set
     repo.import_references("v2", {"version": 1, "refs": {".zgroup": '{"zarr_format": 2}'}})
-    with pytest.raises(snapref.InvalidInputError, match="not a parquet reference set"):
+    with pytest.raises(snapref.InvalidInputError, match=r"exists already.*--force"):
         repo.checkout("v2", None, str(tmp_path / "bad.parq"), format="parquet")
+    with pytest.raises(snapref.InvalidInputError, match="not a parquet reference set"):
+        repo.checkout("v2", None, str(tmp_path / "bad.parq"), format="parquet", overwrite=True)
     assert (tmp_path / "bad.parq" / ".zmetadata").read_text() == "{}"
 
 

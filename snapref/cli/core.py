@@ -108,11 +108,22 @@ def import_(
     show_default=True,
     help="References per parquet record file (--format parquet).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace OUTPUT if it exists (a reference set; edits in it not committed are lost).",
+)
 @json_option
 @pass_ctx
 @handle_errors
 def checkout(
-    obj: Context, spec: str, output: str, fmt: str, record_size: int, as_json: bool
+    obj: Context,
+    spec: str,
+    output: str,
+    fmt: str,
+    record_size: int,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Write a version as a plain kerchunk JSON reference file, or as a parquet
     reference directory (--format parquet).
@@ -134,6 +145,7 @@ def checkout(
         storage_options=obj.storage_options if "://" in output else None,
         format=fmt,
         record_size=record_size,
+        overwrite=force,
     )
     if as_json:
         emit_json({"path": output, **snap.to_json()})
