@@ -20,7 +20,7 @@ from typing import Any
 import fsspec
 import ujson
 
-from snapref.errors import InvalidReferenceError
+from snapref.errors import InvalidInputError, InvalidReferenceError
 from snapref.keys import validate_key
 from snapref.manifest import VirtualRef
 
@@ -108,6 +108,30 @@ def normalize_url(url: str, base: str | None = None) -> str:
             )
         url = posixpath.join(base, url)
     return "file://" + posixpath.normpath(os.path.abspath(url))
+
+
+def allowed_prefix(prefix: str) -> str:
+    """An allowed-source prefix as the policy compares it: local paths (relative ones
+    against the working directory) become ``file://`` URLs, keeping a final ``/``.
+
+    Raises
+    ------
+    InvalidInputError
+        For a prefix that would allow everything (empty, or a bare ``s3://``) or
+        that has ``.``/``..`` segments.
+    """
+    text = prefix.strip()
+    url = normalize_url(text, base=os.getcwd()) if text else ""
+    if text.endswith("/") and not url.endswith("/"):
+        url += "/"
+    path = url.split("://", 1)[-1] if "://" in url else url
+    if not path.strip("/") or any(seg in (".", "..") for seg in path.split("/")):
+        raise InvalidInputError(
+            f"Cannot allow sources under {prefix!r}: give the URL of a folder, ending in "
+            "'/' (e.g. s3://bucket/data/ or /data/climate/); an empty or bare prefix "
+            "would allow every location"
+        )
+    return url
 
 
 def source_prefix(url: str) -> str:

@@ -39,6 +39,7 @@ from snapref.fs import SnapshotFileSystem, SourcePolicy, StagedReferences
 from snapref.manifest import InlineRef, Manifest, ObjectRef, VirtualRef
 from snapref.objects import Warehouse
 from snapref.refs import (
+    allowed_prefix,
     encode_inline,
     load_reference_file,
     normalize_url,
@@ -231,8 +232,10 @@ class Repository:
         self.db.dataset(name)
         return self.db.sources(name)
 
-    def allow_source(self, prefix: str, dataset: str | None = None) -> None:
-        """Allow reads from ``prefix`` for one dataset, or repository-wide."""
+    def allow_source(self, prefix: str, dataset: str | None = None) -> str:
+        """Allow reads from ``prefix`` for one dataset, or repository-wide; returns the
+        prefix as recorded (a local path becomes its ``file://`` URL)."""
+        prefix = allowed_prefix(prefix)
         if dataset is None:
             current = self.db.get_setting("allowed_sources", [])
             if prefix not in current:
@@ -240,6 +243,7 @@ class Repository:
         else:
             self.db.dataset(dataset)
             self.db.add_sources(dataset, [prefix])
+        return prefix
 
     def _policy(self, dataset: str | None, extra: Iterable[str] = ()) -> SourcePolicy:
         prefixes = set(self.db.get_setting("allowed_sources", []))

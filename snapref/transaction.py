@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from snapref.catalog import Snapshot
-from snapref.errors import ConflictError, TransactionClosedError
+from snapref.catalog import MAIN_BRANCH, Snapshot
+from snapref.errors import ConflictError, InvalidInputError, TransactionClosedError
 from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
 from snapref.keys import is_metadata_key, same_document
 from snapref.manifest import (
@@ -35,6 +35,7 @@ from snapref.manifest import (
     VirtualRef,
 )
 from snapref.objects import content_hash
+from snapref.refs import allowed_prefix
 
 if TYPE_CHECKING:
     from snapref.repository import Repository
@@ -92,6 +93,16 @@ class ChangeSet:
         return ((k, r) for k, r in self.changes.items() if isinstance(r, VirtualRef))
 
 
+def check_first_branch(dataset: str, branch: str) -> None:
+    """A new dataset starts on ``main``: listings and every 'latest version' read it."""
+    if branch != MAIN_BRANCH:
+        raise InvalidInputError(
+            f"Dataset {dataset!r} does not exist yet, and a new dataset starts on branch "
+            f"{MAIN_BRANCH!r}, not {branch!r}. Create it without a branch, then "
+            f"'snapref branch {dataset} {branch}' and work there."
+        )
+
+
 def _same(key: str, before: Ref | None, after: Ref | None) -> bool:
     if before == after:
         return True
@@ -139,6 +150,7 @@ def commit_changes(
     if parent is not None and not changeset.changes and not changeset.sections:
         return None
     new_sources = list(new_sources)
+    allow_sources = [allowed_prefix(p) for p in allow_sources]
     policy = repo._policy(dataset if parent is not None else None, [*allow_sources, *new_sources])
     for key, ref in changeset.virtual_refs():
         policy.check(key, ref.url)
@@ -165,6 +177,7 @@ def commit_changes(
         "summary": summary,
     }
     if parent is None:
+        check_first_branch(dataset, branch)
         # a dataset's first version added every key of its manifest: no rows needed
         # (Repository.changes derives them), which keeps big imports fast
         return repo.db.create_dataset(
@@ -233,7 +246,7 @@ class Transaction:
         self.message = message
         self.author = author
         self.properties = dict(properties or {})
-        self.allow_sources = list(allow_sources)
+        self.allow_sources = [allowed_prefix(p) for p in allow_sources]
         self.parent = repo.head(dataset, branch)
         self.base = repo.manifest(self.parent)
         self.staged = StagedReferences(self.base)

@@ -135,6 +135,24 @@ def test_dot_segments_cannot_lead_out_of_an_allowed_location(
     assert not policy.allows("file:///data/x//../../etc/passwd")
 
 
+def test_allowed_source_prefixes_are_urls_of_folders(
+    air: snapref.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for everything in ("", "  ", "s3://", "file:///", "/"):
+        with pytest.raises(snapref.InvalidInputError, match="would allow every location"):
+            air.allow_source(everything)
+    # a local path is recorded as the file:// URL references carry, relative or not
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "extra").mkdir()
+    blob = tmp_path / "extra" / "blob.bin"
+    blob.write_bytes(b"0123456789")
+    assert air.allow_source("extra/", dataset="air") == f"file://{tmp_path}/extra/"
+    refs = air.to_references("air")
+    refs["refs"]["temp/0.0.0"] = [str(blob), 0, 10]
+    snap = air.commit_references("air", refs, "point into extra/", parent=1)
+    assert snap is not None and air.filesystem("air").cat_file("temp/0.0.0") == b"0123456789"
+
+
 def test_reads_check_the_allowed_sources_too(air: snapref.Repository) -> None:
     # a source that is no longer allowed (or a tampered catalog) is never read
     with air.db.engine.begin() as conn:

@@ -117,6 +117,11 @@ def test_what_is_not_a_store_is_refused(repo: snapref.Repository, tmp_path: Path
         ingest(repo, "x", str(tmp_path / "plain"))
     with pytest.raises(snapref.InvalidInputError, match="is a file"):
         ingest(repo, "x", str(tmp_path / "plain" / "a.txt"))
+    # a new dataset starts on main: one without it would break every listing
+    _store(tmp_path / "src.zarr", 3)
+    with pytest.raises(snapref.InvalidInputError, match=r"starts on branch 'main', not 'dev'"):
+        ingest(repo, "x", str(tmp_path / "src.zarr"), branch="dev")
+    assert repo.datasets() == [] and not (Path(repo.warehouse.root) / "objects").exists()
 
 
 def test_cli_ingest_is_quiet_off_a_terminal(

@@ -394,6 +394,6 @@ def allow_source(obj: Context, prefix: str, dataset: str | None) -> None:
     Example:
         snapref allow-source s3://era5-pds/2024/ --dataset air
     """
-    obj.repo().allow_source(prefix, dataset)
+    recorded = obj.repo().allow_source(prefix, dataset)
     where = f"dataset {dataset}" if dataset else "the whole repository"
-    click.echo(f"Allowed {prefix} for {where}")
+    click.echo(f"Allowed {recorded} for {where}")
