@@ -298,6 +298,31 @@ def test_cli_journey_on_s3(
     assert s3_fs.cat_file(SOURCE_KEY) == source_before
 
 
+def test_cli_says_in_one_line_when_s3_refuses_credentials(
+    s3_bucket: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    endpoint = ["--storage-option", f"endpoint_url={s3_bucket['endpoint_url']}"]
+    keys = ["--storage-option", "key=testing", "--storage-option", "secret=testing"]
+    init = ["-R", REPO, *endpoint, *keys, "init", "--catalog", _catalog_url(tmp_path)]
+    assert runner.invoke(cli, init).exit_code == 0
+    catalog = ["--catalog", _catalog_url(tmp_path)]
+    # anonymous: the server says Forbidden
+    anon = runner.invoke(
+        cli, ["-R", REPO, *endpoint, "--storage-option", "anon=true", *catalog, "ls"]
+    )
+    assert anon.exit_code == 1 and "Traceback" not in anon.output
+    assert anon.stderr.startswith("Error: Access denied") and anon.stderr.count("\n") == 1
+    # no credentials anywhere: botocore's NoCredentialsError, with what to set
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    none = runner.invoke(cli, ["-R", REPO, *endpoint, *catalog, "ls"])
+    assert none.exit_code == 1 and "AWS_ACCESS_KEY_ID" in none.stderr, none.output
+
+
 def test_cli_checkout_and_commit_a_reference_file_on_s3(
     s3_bucket: dict[str, Any], s3_refs: dict[str, Any], tmp_path: Path
 ) -> None:

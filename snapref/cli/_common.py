@@ -88,8 +88,36 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except SnapRefError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(1)
+        except Exception as exc:
+            message = _storage_error(exc)
+            if message is None:
+                raise  # a bug: the traceback is what a report needs
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(1)
 
     return wrapper
+
+
+def _storage_error(exc: Exception) -> str | None:
+    """One line for what storage said no with (credentials, permissions, network),
+    or None if ``exc`` is not such an error."""
+    boto = sys.modules.get("botocore.exceptions")
+    if boto is not None and isinstance(exc, boto.NoCredentialsError):
+        return (
+            f"{exc}. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile), or "
+            "pass --storage-option key=... --storage-option secret=..., or "
+            "--storage-option anon=true for a public bucket."
+        )
+    if isinstance(exc, PermissionError):
+        return (
+            f"Access denied: {exc}. Check the credentials and that they may read and "
+            "write this location (--storage-option, AWS_* variables)."
+        )
+    if boto is not None and isinstance(exc, boto.BotoCoreError | boto.ClientError):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return f"Cannot reach the storage: {exc}. Check the URL and endpoint_url."
+    return None
 
 
 def emit_json(data: Any) -> None:
