@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -128,14 +128,15 @@ def commit_changes(
     allow_sources: Iterable[str] = (),
     new_sources: Iterable[str] = (),
     description: str = "",
-    merged_parents: Iterable[str] = (),
+    merged_parents: Sequence[str] = (),
     action: str = "commit",
 ) -> Snapshot | None:
     """Write ``changeset`` as a new version of ``dataset`` on ``branch``.
 
     ``parent`` None creates the dataset. Returns the new snapshot, or None when the
     changes turn out to change nothing. ``merged_parents`` are further parents (a
-    merge commit); ``action`` is what the ref log records.
+    merge commit, recorded even when it changes no key: it says the other branch's
+    history is merged); ``action`` is what the ref log records.
 
     Raises
     ------
@@ -147,7 +148,7 @@ def commit_changes(
     from snapref import __version__
 
     changeset = changeset.without_noops(base)
-    if parent is not None and not changeset.changes and not changeset.sections:
+    if parent is not None and not (changeset.changes or changeset.sections or merged_parents):
         return None
     new_sources = list(new_sources)
     allow_sources = [allowed_prefix(p) for p in allow_sources]

@@ -157,13 +157,21 @@ def test_merge_conflicts_are_reported_or_resolved(story: dict[str, Any]) -> None
     assert err.value.keys == ["temp/0.0.0"]
     assert isinstance(err.value, snapref.ConflictError)
     assert repo.head("air").version == 7  # nothing committed
-    ours = repo.merge("air", "exp", strategy="ours")
-    assert ours.conflicts == ["temp/0.0.0"] and ours.snapshot is None  # nothing else to take
+    # theirs: exp's chunk wins, and the merge has two parents
     result = repo.merge("air", "exp", strategy="theirs", message="take exp")
     assert result.base.version == 5 and result.snapshot.version == 8
+    assert result.snapshot.parents[1] == repo.head("air", "exp").id
     temp = snapref.open(repo, "air")["temp"]
     assert temp[0, 0, 0] == 42 and temp[0, 0, 1] == temp_values()[0, 0, 1]
     assert repo.merge("air", "exp").snapshot is None  # already merged
+    # ours: main's chunk stays, and the merge is recorded all the same, so that the
+    # next merge of that branch starts from it (no conflict again, as git's -s ours)
+    repo.reset("air", 7)
+    ours = repo.merge("air", "exp", strategy="ours")
+    assert ours.conflicts == ["temp/0.0.0"] and ours.snapshot is not None
+    assert len(ours.snapshot.parents) == 2 and repo.changes(ours.snapshot) == {}
+    assert snapref.open(repo, "air")["temp"][0, 0, 0] == -1  # main's (the QC fix)
+    assert repo.merge("air", "exp").snapshot is None
 
 
 def test_merge_without_overlap_takes_both_sides(story: dict[str, Any]) -> None:
@@ -307,12 +315,16 @@ def test_merge_takes_an_array_redefined_on_one_side_whole(air: snapref.Repositor
     with pytest.raises(snapref.MergeConflictError) as err:
         repo.merge("g", "f")
     assert err.value.keys == ["s/.zarray", "s/0.0", "s/1.1"]
-    assert repo.merge("g", "f", strategy="ours").snapshot is None  # main keeps its s
+    main = repo.head("g")
     repo.merge("g", "f", strategy="theirs")
     s = snapref.open(repo, "g")["s"]
     expected = np.zeros((4, 4), "f4")
     expected[0:2, 0:2] = 1
     assert s.dtype == np.float32 and np.array_equal(s[:], expected)  # f's s, whole
+    repo.reset("g", main.version)
+    repo.merge("g", "f", strategy="ours")
+    s = snapref.open(repo, "g")["s"]
+    assert s.dtype == np.int32 and s[3, 3] == 5  # main's s, whole
 
 
 def test_audit_lists_every_ref_change(story: dict[str, Any]) -> None:
