@@ -988,7 +988,7 @@ def graph_lines(repo: Repository, name: str) -> list[str]:
             out.append(row({extra: "/"}))
             lanes[extra] = None
         refs = f" ({', '.join(labels[snap.id])})" if snap.id in labels else ""
-        text = f"v{snap.version} {snap.id[:8]} {snap.message}{refs}"
+        text = f"v{snap.version} {snap.id[:8]} {_first_line(snap.message)}{refs}"
         out.append(row({col: "*"}) + "  " + text)
         lanes[col] = snap.parents[0] if snap.parents else None
         for p in snap.parents[1:]:
@@ -1010,18 +1010,28 @@ def graph_dot(repo: Repository, name: str) -> str:
     labels = _labels(repo, name)
     lines = [f'digraph "{name}" {{', "  rankdir=BT;", '  node [shape=box, fontname="monospace"];']
     for s in snaps:
-        text = f"v{s.version} {s.id[:8]}\\n{s.message[:40]}".replace('"', "'")
+        text = f"v{s.version} {s.id[:8]}\\n{_dot_text(_first_line(s.message)[:40])}"
         lines.append(f'  "{s.id}" [label="{text}"];')
         for i, p in enumerate(s.parents):
             style = "" if i == 0 else " [style=dashed]"
             lines.append(f'  "{s.id}" -> "{p}"{style};')
     for snap_id, names in sorted(labels.items()):
         for label in names:
-            ref = label.replace('"', "'")
+            ref = _dot_text(label)
             lines.append(f'  "ref:{ref}" [label="{ref}", shape=ellipse];')
             lines.append(f'  "ref:{ref}" -> "{snap_id}" [style=dotted];')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _first_line(message: str) -> str:
+    return message.strip().split("\n", 1)[0]
+
+
+def _dot_text(text: str) -> str:
+    """``text`` safe inside a double-quoted dot string: a backslash (say the last
+    character of a cut message) would escape the closing quote."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def check_branch(repo: Repository, name: str, branch: str) -> None:

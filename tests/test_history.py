@@ -3,6 +3,7 @@ and merged, then asked what changed, who wrote which chunk, and rolled back."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -343,6 +344,22 @@ def test_audit_lists_every_ref_change(story: dict[str, Any]) -> None:
     merge = repo.audit("air")[5]
     assert (merge.old_snapshot, merge.new_snapshot) == (story["v4"].id, story["v5"].id)
     assert merge.message == "Merge QC"
+
+
+def test_graph_and_log_keep_their_shape_with_any_message(air: snapref.Repository) -> None:
+    # a backslash at the cut (40th character) once escaped the label's closing quote,
+    # and a message of several lines broke the layout of log and --graph
+    message = 'Copied from D:\\climate\\2024\\raw\\files\\x\\ to the "archive"\nsecond line'
+    assert message[39] == "\\"
+    with air.transaction("air", message=message) as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1
+    dot = graph_dot(air, "air")
+    node = re.compile(r'  "[0-9a-f]{32}" \[label="(?:[^"\\]|\\.)*"\];')
+    labels = [line for line in dot.splitlines() if "[label=" in line and "ref:" not in line]
+    assert len(labels) == 2 and all(node.fullmatch(line) for line in labels), labels
+    assert graph_lines(air, "air")[0].endswith('to the "archive" (main)')
+    assert len(graph_lines(air, "air")) == 2
+    assert snapref.open(air, "air", 2) is not None and air.head("air").message == message
 
 
 def test_graph_draws_branches_and_merges(story: dict[str, Any]) -> None:

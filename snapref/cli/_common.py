@@ -207,7 +207,8 @@ def print_log_entry(snap: Snapshot) -> None:
         + f"  {snap.id[:12]}  {format_time(snap.timestamp)}  [{snap.branch}]"
     )
     click.echo(f"Author: {snap.author}")
-    click.echo(f"    {snap.message}")
+    for line in snap.message.splitlines() or [""]:
+        click.echo(f"    {line}".rstrip())
     click.echo(
         f"    chunks +{s.get('chunks_added', 0)} ~{s.get('chunks_modified', 0)} "
         f"-{s.get('chunks_removed', 0)}, {_size(s.get('bytes_written', 0))} written"
