@@ -626,7 +626,8 @@ def snapshots_using(repo: Repository, url: str) -> list[tuple[Snapshot, SourceUs
     per_shard: dict[str, dict[str, tuple[int, int]]] = {}
     wanted = {url}
     if "://" not in url:  # a local path: stored references are file:// URLs
-        wanted.add("file://" + os.path.abspath(url))
+        local = "file://" + os.path.abspath(url)
+        wanted.add(local + "/" if url.endswith("/") and not local.endswith("/") else local)
     out = []
     for name in repo.datasets():
         for snap in sorted(repo.db.all_snapshots(name).values(), key=lambda s: s.version):

@@ -146,6 +146,10 @@ def test_sources_and_the_reverse_query(story: dict[str, Any], hdf5_file: Path) -
     assert [s.version for s, _ in using] == [1, 2, 3, 4, 5]
     assert [u.chunks for _, u in using] == [24, 23, 22, 22, 21]
     assert repo.versions_using("s3://elsewhere/x.nc") == []
+    # a folder, as a path or a URL ending in '/', matches every file under it
+    folder = f"{hdf5_file.parent}/"
+    assert [s.version for s, _ in repo.versions_using(folder)] == [1, 2, 3, 4, 5]
+    assert [s.version for s, _ in repo.versions_using("file://" + folder)] == [1, 2, 3, 4, 5]
 
 
 def test_merge_conflicts_are_reported_or_resolved(story: dict[str, Any]) -> None:
