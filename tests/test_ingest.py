@@ -106,6 +106,12 @@ def test_ingest_from_s3(
     )
     assert result.chunks == 16 and result.objects_written == 16
     np.testing.assert_array_equal(snapref.open(repo, "grid")["v"][:], values)
+    # from the shell: options for the source alone (the warehouse here is local)
+    options = [f"--source-option={k}={v}" for k, v in s3_bucket.items()]
+    cli_args = ["-R", repo.url, "ingest", "copy", f"s3://{BUCKET}/grid.zarr", *options]
+    result = CliRunner().invoke(cli, cli_args)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(snapref.open(repo, "copy")["v"][:], values)
 
 
 def test_what_is_not_a_store_is_refused(repo: snapref.Repository, tmp_path: Path) -> None:

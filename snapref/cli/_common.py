@@ -43,9 +43,9 @@ def pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
-def _storage_options(values: tuple[str, ...]) -> dict[str, Any]:
+def parse_options(values: tuple[str, ...], what: str = "--storage-option") -> dict[str, Any]:
     opts: dict[str, Any] = {}
-    for key, value in pairs(values, "--storage-option").items():
+    for key, value in pairs(values, what).items():
         # "anon=true" and "client_kwargs={...}" are common: decode JSON where it parses
         try:
             opts[key] = ujson.loads(value)
@@ -184,7 +184,7 @@ def cli(
         snapref import air refs.json -m "Adopt kerchunk references"
         snapref log air
     """
-    ctx.obj = Context(repo_url, _storage_options(storage_options), catalog)
+    ctx.obj = Context(repo_url, parse_options(storage_options), catalog)
     ctx.with_resource(progress.enabled(progress.should_show(quiet)))
 
 

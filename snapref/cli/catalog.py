@@ -15,6 +15,7 @@ from snapref.cli._common import (
     handle_errors,
     json_option,
     pairs,
+    parse_options,
     pass_ctx,
     print_snapshot,
     prop_option,
@@ -197,6 +198,14 @@ def describe(
     type=click.IntRange(1, 1024),
     help="Reads in flight at once.",
 )
+@click.option(
+    "--source-option",
+    "source_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="fsspec option for SRC only (e.g. anon=true for a public bucket); repeatable. "
+    "Default: the --storage-option given before the command, for a remote SRC.",
+)
 @author_option
 @prop_option
 @json_option
@@ -210,6 +219,7 @@ def ingest(
     branch: str,
     description: str,
     concurrency: int,
+    source_options: tuple[str, ...],
     author: str | None,
     props: tuple[str, ...],
     as_json: bool,
@@ -218,11 +228,11 @@ def ingest(
     version of NAME (version 1 of a new dataset).
 
     Only chunks whose bytes are not stored yet are written; an interrupted ingest,
-    run again, continues where it stopped. --storage-option applies to SRC too.
+    run again, continues where it stopped.
 
     \b
     Example:
-        snapref ingest era5 s3://bucket/era5.zarr --storage-option anon=true
+        snapref ingest era5 s3://bucket/era5.zarr --source-option anon=true
     """
     from snapref.ingest import ingest as run_ingest
 
@@ -235,7 +245,13 @@ def ingest(
         author=author,
         properties=pairs(props, "--prop"),
         description=description,
-        storage_options=obj.storage_options if "://" in source else None,
+        storage_options=(
+            parse_options(source_options, "--source-option")
+            if source_options
+            else obj.storage_options
+            if "://" in source
+            else None
+        ),
         concurrency=concurrency,
     )
     if as_json:
