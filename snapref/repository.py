@@ -129,10 +129,16 @@ class Repository:
         self.db.dataset(name)
         ref = self.db.ref(name, branch)
         if ref is None or ref.kind != BRANCH:
-            branches = [r.name for r in self.db.refs(name) if r.kind == BRANCH]
+            branches = ", ".join(r.name for r in self.db.refs(name) if r.kind == BRANCH)
+            if ref is not None:  # a tag: it names one version forever
+                raise VersionNotFoundError(
+                    f"{branch!r} is a tag of dataset {name!r}, not a branch: tags never "
+                    f"move. Use a branch ({branches}), or start one from the tag with "
+                    f"'snapref branch {name} NEW --from {branch}'."
+                )
             raise VersionNotFoundError(
-                f"Dataset {name!r} has no branch {branch!r} (branches: "
-                f"{', '.join(branches)}). Create it with 'snapref branch {name} {branch}'."
+                f"Dataset {name!r} has no branch {branch!r} (branches: {branches}). "
+                f"Create it with 'snapref branch {name} {branch}'."
             )
         return self.db.snapshot(ref.snapshot_id)
 

@@ -82,8 +82,12 @@ def test_branches_are_independent_and_tags_never_move(air: snapref.Repository) -
     assert air.log("air", branch="qc")[0].branch == "qc"
     refs = {r.name: (r.kind, r.snapshot_id) for r in air.refs("air")}
     assert refs["original"] == ("tag", air.resolve("air", 1).id)
-    with pytest.raises(snapref.VersionNotFoundError, match="no branch 'original'"):
+    with pytest.raises(snapref.VersionNotFoundError, match=r"'original' is a tag.*--from original"):
         air.transaction("air", message="tags are not branches", branch="original")
+    with pytest.raises(
+        snapref.VersionNotFoundError, match=r"no branch 'nope' \(branches: main, qc\)"
+    ):
+        air.log("air", branch="nope")
 
 
 def test_provenance_is_recorded(air: snapref.Repository) -> None:
