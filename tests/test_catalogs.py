@@ -205,6 +205,17 @@ def test_a_repository_collected_while_the_engine_lock_is_held_does_not_deadlock(
     assert engine.pool.checkedin() == 0
 
 
+def test_a_missing_catalog_file_is_reported_not_created(tmp_path: Path) -> None:
+    wh = tmp_path / "wh"
+    snapref.init(str(wh)).close()
+    (wh / "catalog.db").rename(tmp_path / "moved.db")
+    with pytest.raises(snapref.CatalogUnavailableError, match=r"catalog\.db does not exist"):
+        snapref.connect(str(wh))
+    assert not (wh / "catalog.db").exists()  # a read never leaves an empty catalog
+    elsewhere = f"sqlite:///{tmp_path / 'moved.db'}"
+    assert snapref.connect(str(wh), catalog=elsewhere).datasets() == []
+
+
 def test_the_cli_takes_the_catalog_url_with_its_password(
     tmp_path: Path, postgres: Any, run: Any
 ) -> None:

@@ -13,6 +13,7 @@ embedded default), PostgreSQL and duckdb.
 
 from __future__ import annotations
 
+import os
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ from snapref.catalog.records import (
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
+    CatalogUnavailableError,
     ConflictError,
     DatasetNotFoundError,
     VersionNotFoundError,
@@ -123,6 +125,7 @@ class Catalog:
     @classmethod
     def open(cls, url: str) -> Catalog:
         """Connect to an existing catalog and check its schema version."""
+        _check_file_exists(url)  # SQLite and duckdb would create an empty one
         catalog = cls(url)
         engine = catalog.engine
         try:
@@ -132,7 +135,8 @@ class Catalog:
             catalog.close()
             raise CatalogSchemaError(
                 f"{safe_url(url)} is not a snapref catalog ({exc.__class__.__name__}). "
-                "Create one with 'snapref init'."
+                "Check the --catalog URL; a new repository gets its catalog from "
+                "'snapref init'."
             ) from exc
         if version in MIGRATIONS and version < t.SCHEMA_VERSION:
             # an older catalog is upgraded in place, in one transaction
@@ -701,6 +705,24 @@ def _swap_head(conn: Connection, dataset: str, branch: str, expected: str, new: 
         .values(snapshot_id=new)
     )
     return updated.rowcount == 1
+
+
+def _check_file_exists(url: str) -> None:
+    """Raise CatalogUnavailableError if ``url`` names a catalog file that is missing."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return  # Catalog() reports a malformed URL
+    database = parsed.database
+    if parsed.get_backend_name() not in ("sqlite", "duckdb") or not database:
+        return
+    if database == ":memory:" or database.startswith("file:") or os.path.exists(database):
+        return
+    raise CatalogUnavailableError(
+        f"The catalog file {database} does not exist: it was moved or deleted. Restore "
+        "it from a backup (a repository without its catalog has no versions), or give "
+        "its new place with --catalog URL ($SNAPREF_CATALOG)."
+    )
 
 
 class _Moved(Exception):
