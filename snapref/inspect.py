@@ -23,7 +23,11 @@ entries         view: ``manifests`` joined with ``shard_entries``: every key of 
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import io
+import json
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -31,13 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from snapref.catalog.records import format_time
 from snapref.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from snapref.repository import Repository, VersionSpec
 
-__all__ = ["TABLES", "Inspector"]
+__all__ = ["TABLES", "Inspector", "json_value", "rows_as_json", "rows_as_text", "text_value"]
 
 TABLES = (
     "datasets",
@@ -355,8 +358,14 @@ class Inspector:
         return pa.concat_tables(parts)
 
     def query(self, sql: str) -> pa.Table:
-        """Run DuckDB SQL over the metadata tables (see the module doc); only the
-        tables the query names are built.
+        """Run one DuckDB ``SELECT`` over the metadata tables (see the module doc);
+        only the tables the query names are built.
+
+        The query runs read-only in a private in-memory DuckDB: it may read the
+        metadata tables and nothing else. Files, URLs, other databases and
+        extensions are refused (DuckDB's ``enable_external_access`` is off and the
+        configuration locked), and so is any statement but a query: ``COPY``,
+        ``CREATE``, ``ATTACH``, ``INSTALL``, ``SET`` and the like.
 
         Example: ``repo.inspect.query("SELECT version FROM changes WHERE dataset =
         'air' AND key = 'temp/3.4'")``.
@@ -364,16 +373,47 @@ class Inspector:
         Raises
         ------
         InvalidInputError
-            If the SQL does not parse or run (the message is DuckDB's).
+            If the SQL is empty, holds more than one statement, is not a query,
+            reaches outside the metadata tables, or does not parse or run. The
+            message is one line: DuckDB's error without its source excerpt, and
+            the query.
         """
         import duckdb
 
-        words = {w.lower() for w in re.findall(r"[A-Za-z_]+", sql)}
-        needed = [t for t in TABLES if t in words]
-        if "entries" in needed:
-            needed += [t for t in ("manifests", "shard_entries") if t not in needed]
-        con = duckdb.connect()
+        con = duckdb.connect(
+            config={"autoload_known_extensions": False, "autoinstall_known_extensions": False}
+        )
         try:
+            try:
+                statements = con.extract_statements(sql)
+            except duckdb.Error as exc:
+                raise InvalidInputError(_query_error(exc, sql)) from exc
+            if not statements:
+                raise InvalidInputError(
+                    f"Query failed: the query is empty; give one SELECT over the metadata "
+                    f"tables ({', '.join(TABLES)})"
+                )
+            if len(statements) > 1:
+                raise InvalidInputError(
+                    f"Query failed: give one query, not {len(statements)} statements "
+                    f"(only one result can be shown); query: {_shorten(sql)}"
+                )
+            kind = statements[0].type
+            if kind != duckdb.StatementType.SELECT:
+                if kind == duckdb.StatementType.MULTI:
+                    what = "a query that runs as several statements (PIVOT needs ON ... IN (...))"
+                elif kind == duckdb.StatementType.LOAD:  # DuckDB's type of INSTALL too
+                    what = "INSTALL or LOAD, not a query"
+                else:
+                    what = f"{kind.name}, not a query"
+                raise InvalidInputError(
+                    f"Query refused: {what}; queries may only read the metadata tables "
+                    f"({', '.join(TABLES)}); query: {_shorten(sql)}"
+                )
+            words = {w.lower() for w in re.findall(r"[A-Za-z_]+", sql)}
+            needed = [t for t in TABLES if t in words]
+            if "entries" in needed:
+                needed += [t for t in ("manifests", "shard_entries") if t not in needed]
             for name in needed:
                 if name == "entries":
                     continue
@@ -384,16 +424,44 @@ class Inspector:
                     'e.key, e.kind, e.digest, e.url, e."offset", e.length '
                     "FROM manifests m JOIN shard_entries e ON e.shard = m.shard"
                 )
+            # From here on the query sees the registered tables and nothing else: no
+            # files, URLs, databases, extensions or Python objects, and no SET undoes it.
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
             try:
-                relation = con.sql(sql)
-                if relation is None:  # a statement, not a query
-                    return pa.table({})
-                table: pa.Table = relation.to_arrow_table()
+                table: pa.Table = con.sql(sql).to_arrow_table()
             except duckdb.Error as exc:
-                raise InvalidInputError(f"Query failed: {exc}") from exc
+                raise InvalidInputError(_query_error(exc, sql)) from exc
             return table
         finally:
             con.close()
+
+
+def _shorten(sql: str, limit: int = 100) -> str:
+    """The query on one line (whitespace collapsed), cut to ``limit`` characters."""
+    text = " ".join(sql.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _query_error(exc: Exception, sql: str) -> str:
+    """A DuckDB error as one line: its message lines joined, without the source
+    excerpt (``LINE 1: ...`` and the ``^^^`` under it), suggestions kept."""
+    import duckdb
+
+    lines = [line.strip() for line in str(exc).splitlines()]
+    useful = [
+        line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}
+    ]
+    message = " ".join(useful) or type(exc).__name__
+    if isinstance(exc, duckdb.PermissionException) or "configuration has been locked" in message:
+        return (
+            f"Query refused: {message}; queries may only read the metadata tables "
+            f"({', '.join(TABLES)}), not files, URLs, databases, extensions or settings; "
+            f"query: {_shorten(sql)}"
+        )
+    if isinstance(exc, duckdb.CatalogException) and "Table with name" in message:
+        message += f" (the metadata tables are {', '.join(TABLES)})"
+    return f"Query failed: {message}; query: {_shorten(sql)}"
 
 
 def _empty_entries() -> pa.Table:
@@ -410,20 +478,144 @@ def _empty_entries() -> pa.Table:
 
 
 def rows_as_text(table: pa.Table) -> list[str]:
-    """A table as aligned text lines (for the CLI)."""
+    """A query result as aligned text lines (for the CLI): a header, a rule, one line
+    per row. Cells are shown as by :func:`text_value`."""
     names = table.column_names
-    data = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
-    widths = [max([len(n), *(len(r[i]) for r in data)]) for i, n in enumerate(names)]
+    columns = [[text_value(v) for v in _column_values(table, i)] for i in range(len(names))]
+    widths = [max([len(n), *(len(c) for c in col)]) for n, col in zip(names, columns, strict=True)]
     lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    for r in data:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for row in zip(*columns, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return lines
 
 
-def _cell(value: Any) -> str:
+def rows_as_json(table: pa.Table) -> list[dict[str, Any]]:
+    """A query result as JSON-ready rows (for ``--json``), values as by
+    :func:`json_value`. A repeated column name gets ``_1``, ``_2``... so that no
+    value is lost."""
+    names: list[str] = []
+    for name in table.column_names:
+        unique, n = name, 0
+        while unique in names:
+            n += 1
+            unique = f"{name}_{n}"
+        names.append(unique)
+    columns = [[json_value(v) for v in _column_values(table, i)] for i in range(len(names))]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _column_values(table: pa.Table, index: int) -> list[Any]:
+    """The Python values of one column, maps as dicts."""
+    column = table.column(index)
+    try:
+        return column.to_pylist(maps_as_pydicts="lossy")
+    except (OverflowError, ValueError, pa.ArrowException):
+        return [_scalar_value(s, table.column_names[index]) for s in column]
+
+
+def _scalar_value(scalar: pa.Scalar, name: str) -> Any:
+    """One value that may not fit Python: DuckDB's ``infinity`` and ``-infinity``
+    timestamps and dates as that text, others Python cannot hold (dates before year
+    1, after 9999) as Arrow's text of them."""
+    try:
+        return scalar.as_py(maps_as_pydicts="lossy")
+    except (OverflowError, ValueError, pa.ArrowException) as exc:
+        if isinstance(scalar, (pa.TimestampScalar, pa.Date32Scalar)):
+            top = 2**63 - 1 if isinstance(scalar, pa.TimestampScalar) else 2**31 - 1
+            if scalar.value in (top, -top):
+                return "infinity" if scalar.value > 0 else "-infinity"
+        try:
+            return pa.array([scalar]).cast(pa.string())[0].as_py()
+        except (ValueError, pa.ArrowException):
+            raise InvalidInputError(
+                f"Cannot show a value of column {name!r} ({scalar.type}): {exc}; "
+                "cast it to VARCHAR in the query"
+            ) from exc
+
+
+def json_value(value: Any) -> Any:
+    """A query value as JSON: numbers and text as they are; NaN and infinities as
+    null; decimals as numbers (exact integers when the scale is 0, else the nearest
+    double); times as in :func:`text_value`; bytes as lowercase hex; lists as
+    arrays; structs and maps as objects (map keys as text)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            return None
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+    if isinstance(value, dict):
+        return {_key_text(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not isinstance(value, pa.MonthDayNano):
+        return [json_value(v) for v in value]
+    return text_value(value)
+
+
+def text_value(value: Any) -> str:
+    """A query value as text: null as the empty string; timestamps with a time zone
+    in UTC as ``2024-01-01T10:00:00.000000Z`` (like every snapref time), those
+    without as ``2024-01-01T10:00:00.000000``; dates and times in ISO 8601
+    (``2024-01-01``, ``10:00:00``); intervals as ISO 8601 durations (``P1M2DT3.5S``,
+    negative parts with a minus sign, as PostgreSQL's ``iso_8601`` style); bytes as
+    lowercase hex; NaN and infinities as ``nan``, ``inf``, ``-inf``; lists, structs
+    and maps as compact JSON (:func:`json_value`); anything else as ``str``."""
     if value is None:
         return ""
-    if hasattr(value, "tzinfo") and hasattr(value, "isoformat"):
-        return format_time(value)
+    if isinstance(value, datetime.datetime):
+        return _datetime_text(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, pa.MonthDayNano):
+        return _duration_text(value.months, value.days, value.nanoseconds)
+    if isinstance(value, datetime.timedelta):
+        micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+        sign = -1 if micros < 0 else 1
+        days, rest = divmod(abs(micros), 86_400 * 1_000_000)
+        return _duration_text(0, sign * days, sign * rest * 1000)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(json_value(value), ensure_ascii=False)
     return str(value)
+
+
+def _datetime_text(when: datetime.datetime) -> str:
+    zone = ""
+    if when.tzinfo is not None and when.utcoffset() is not None:
+        when, zone = when.astimezone(datetime.UTC), "Z"
+    text = (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}.{when.microsecond:06d}"
+    )
+    nanos = getattr(when, "nanosecond", 0)  # a pandas Timestamp of a timestamp_ns column
+    if nanos:
+        text += f"{nanos:03d}"
+    return text + zone
+
+
+def _duration_text(months: int, days: int, nanos: int) -> str:
+    """An interval as an ISO 8601 duration; each part keeps its own sign."""
+
+    def part(n: int, unit: str) -> str:
+        return f"{n}{unit}" if n else ""
+
+    years = int(months / 12)  # towards zero, so both parts keep the sign of months
+    date = part(years, "Y") + part(months - 12 * years, "M") + part(days, "D")
+    sign = "-" if nanos < 0 else ""
+    hours, rest = divmod(abs(nanos), 3_600 * 10**9)
+    minutes, rest = divmod(rest, 60 * 10**9)
+    seconds, fraction = divmod(rest, 10**9)
+    time = (f"{sign}{hours}H" if hours else "") + (f"{sign}{minutes}M" if minutes else "")
+    if seconds or fraction:
+        time += f"{sign}{seconds}" + (f".{fraction:09d}".rstrip("0") if fraction else "") + "S"
+    if not date and not time:
+        return "PT0S"
+    return "P" + date + ("T" + time if time else "")
+
+
+def _key_text(key: Any) -> str:
+    return key if isinstance(key, str) else text_value(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,225 @@ def test_tables(two: snapref.Repository) -> None:
 def test_bad_sql_is_an_input_error(two: snapref.Repository) -> None:
     with pytest.raises(snapref.InvalidInputError, match="Query failed"):
         two.inspect.query("SELECT nope FROM snapshots")
+
+
+# ---- query is read-only, one statement, one-line errors; output of every column type ----
+
+# A SELECT that reads a file, one that writes one, and statements that are not queries:
+# each must be refused. "{dir}" is the test's own folder (a file there holds "secret").
+OUTSIDE = [
+    "SELECT * FROM read_text('{dir}/secret.csv')",
+    "SELECT * FROM read_csv('{dir}/secret.csv')",
+    "SELECT * FROM read_blob('{dir}/secret.csv')",
+    "SELECT * FROM '{dir}/secret.csv'",
+    "SELECT * FROM glob('{dir}/*')",
+    "SELECT * FROM 'https://example.com/data.csv'",
+    "SELECT * FROM enable_logging()",
+    "COPY (SELECT 42) TO '{dir}/out.csv'",
+    "COPY snapshots TO '{dir}/out.csv'",
+    "EXPORT DATABASE '{dir}/out'",
+    "ATTACH '{dir}/out.db' AS other",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "CREATE TABLE t (a INT)",
+    "CREATE VIEW v AS SELECT 1",
+    "SET enable_external_access = true",
+    "SET lock_configuration = false",
+    "PRAGMA enable_profiling",
+    "pivot snapshots on author",
+]
+
+
+def one_line_error(exc: pytest.ExceptionInfo[snapref.InvalidInputError]) -> str:
+    message = str(exc.value)
+    assert "\n" not in message and "^^" not in message and "LINE 1" not in message, message
+    return message
+
+
+def test_query_reads_only_the_metadata_tables(two: snapref.Repository, tmp_path: Path) -> None:
+    (tmp_path / "secret.csv").write_text("secret\n")
+    for template in OUTSIDE:
+        sql = template.format(dir=tmp_path)
+        with pytest.raises(snapref.InvalidInputError) as exc:
+            two.inspect.query(sql)
+        message = one_line_error(exc)
+        assert message.startswith("Query refused: "), message
+        assert "queries may only read the metadata tables (datasets, snapshots," in message
+        assert message.endswith(f"query: {sql}"), message
+    assert not any((tmp_path / name).exists() for name in ("out.csv", "out", "out.db"))
+    # the registered tables (Arrow scans) still read, and so does the entries view, and
+    # the catalog (a duckdb database on the duckdb run) still works after a locked query
+    assert two.inspect.query("SELECT count(*) AS n FROM snapshots").to_pylist() == [{"n": 5}]
+    keys = two.inspect.query("SELECT count(*) AS n FROM entries WHERE dataset = 'copy'")
+    assert keys.to_pylist() == [{"n": len(two.manifest(two.resolve("copy")))}]
+    with two.transaction("air", message="after the queries") as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][1, 1, 1] = 3
+    t = two.inspect.query("SELECT max(version) AS v FROM snapshots WHERE dataset = 'air'")
+    assert t.to_pylist() == [{"v": 5}]
+
+
+def test_query_is_one_statement(two: snapref.Repository) -> None:
+    for sql in ("SELECT 1; SELECT 2", "SELECT 1 AS a;\nSELECT * FROM snapshots;"):
+        with pytest.raises(snapref.InvalidInputError) as exc:
+            two.inspect.query(sql)
+        assert "give one query, not 2 statements" in one_line_error(exc)
+    for sql in ("", "   ", "\n", ";", "-- only a comment"):
+        with pytest.raises(snapref.InvalidInputError) as exc:
+            two.inspect.query(sql)
+        assert one_line_error(exc).startswith("Query failed: the query is empty")
+    # one statement with a trailing semicolon, or a ';' inside a string, is one query
+    assert two.inspect.query("SELECT 'a;b' AS s;").to_pylist() == [{"s": "a;b"}]
+
+
+def test_bad_sql_is_one_line(two: snapref.Repository) -> None:
+    cases = {
+        "selec 1": 'Query failed: Parser Error: syntax error at or near "selec"; query: selec 1',
+        "SELECT versoin FROM snapshots": 'not found in FROM clause! Candidate bindings: "version"',
+        "SELECT * FROM snapshot": "the metadata tables are datasets, snapshots, refs,",
+        "SELECT 'a'::INT": "Conversion Error: Could not convert string 'a' to INT32",
+    }
+    for sql, expected in cases.items():
+        with pytest.raises(snapref.InvalidInputError) as exc:
+            two.inspect.query(sql)
+        message = one_line_error(exc)
+        assert message.startswith("Query failed: ") and expected in message, message
+    long = "SELECT nope,\n" + "  version,\n" * 30 + "FROM snapshots"
+    with pytest.raises(snapref.InvalidInputError) as exc:
+        two.inspect.query(long)
+    shown = one_line_error(exc).split("; query: ")[1]  # whitespace collapsed, cut short
+    assert shown.startswith("SELECT nope, version, version,") and shown.endswith("...")
+    assert len(shown) == 100
+
+
+TYPES_SQL = (
+    "SELECT DATE '2024-01-01' AS d, TIME '10:00' AS t, "
+    "TIMESTAMP '2024-01-01 10:00:00.5' AS ts, TIMESTAMPTZ '2024-01-01 10:00+02' AS tstz, "
+    "'infinity'::TIMESTAMP AS inf_ts, "
+    "INTERVAL '1 month 2 days 3.5 seconds' AS i, -INTERVAL '1 day 3 hours' AS neg_i, "
+    "1.10 AS dec, sum(length(message)) AS hugeint, 'x'::BLOB AS b, '\\xAA\\x00'::BLOB AS b2, "
+    "'nan'::DOUBLE AS nan, 'inf'::DOUBLE AS inf, '-inf'::FLOAT AS minf, 0.5 :: DOUBLE AS half, "
+    "[1.5, 'nan'::DOUBLE] AS l, {'day': DATE '2024-01-02', 'raw': 'y'::BLOB} AS st, "
+    "MAP {1: TIME '12:30:00'} AS m, 'é' AS u, true AS yes, NULL AS nothing "
+    "FROM snapshots WHERE dataset = 'copy'"
+)
+TYPES_JSON = {
+    "d": "2024-01-01",
+    "t": "10:00:00",
+    "ts": "2024-01-01T10:00:00.500000",
+    "tstz": "2024-01-01T08:00:00.000000Z",
+    "inf_ts": "infinity",
+    "i": "P1M2DT3.5S",
+    "neg_i": "P-1DT-3H",
+    "dec": 1.1,
+    "hugeint": 4,
+    "b": "78",
+    "b2": "aa00",
+    "nan": None,
+    "inf": None,
+    "minf": None,
+    "half": 0.5,
+    "l": [1.5, None],
+    "st": {"day": "2024-01-02", "raw": "79"},
+    "m": {"1": "12:30:00"},
+    "u": "é",
+    "yes": True,
+    "nothing": None,
+}
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard has it: NaN and Infinity are errors."""
+
+    def refuse(name: str) -> Any:
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_and_text_of_every_column_type(two: snapref.Repository) -> None:
+    from snapref.inspect import rows_as_json, rows_as_text
+
+    table = two.inspect.query(TYPES_SQL)
+    assert rows_as_json(table) == [TYPES_JSON]
+    header, rule, row = rows_as_text(table)
+    cells = row.split()
+    assert header.split() == list(TYPES_JSON)
+    assert cells == [
+        "2024-01-01",
+        "10:00:00",
+        "2024-01-01T10:00:00.500000",
+        "2024-01-01T08:00:00.000000Z",
+        "infinity",
+        "P1M2DT3.5S",
+        "P-1DT-3H",
+        "1.10",
+        "4",
+        "78",
+        "aa00",
+        "nan",
+        "inf",
+        "-inf",
+        "0.5",
+        "[1.5,",
+        "null]",
+        '{"day":',
+        '"2024-01-02",',
+        '"raw":',
+        '"79"}',
+        '{"1":',
+        '"12:30:00"}',
+        "é",
+        "True",
+    ]
+    assert len(rule.split()) == len(TYPES_JSON)
+    # a repeated column name keeps both values; nanoseconds are kept
+    dup = two.inspect.query(
+        "SELECT 1 AS a, 2 AS a, '2024-01-01 00:00:00.123456789'::TIMESTAMP_NS AS ns"
+    )
+    assert rows_as_json(dup) == [{"a": 1, "a_1": 2, "ns": "2024-01-01T00:00:00.123456789"}]
+    assert rows_as_text(dup)[2].split() == ["1", "2", "2024-01-01T00:00:00.123456789"]
+
+
+@pytest.fixture
+def cli(run: Any, tmp_path: Path, kerchunk_refs: dict[str, Any]) -> Any:
+    """``run`` (tests/conftest.py) on a repository holding dataset ``air``."""
+    repo = snapref.init(str(tmp_path / "wh"))
+    repo.import_references("air", kerchunk_refs, message="Import")
+    repo.close()
+    return run
+
+
+def test_cli_query_refuses_files_statements_and_bad_sql(cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "secret.csv").write_text("secret\n")
+    out = tmp_path / "out.csv"
+    r = cli("query", f"COPY (SELECT 42) TO '{out}'", code=1)
+    assert r.stderr.startswith("Error: Query refused: COPY, not a query; queries may only read")
+    assert r.stderr.count("\n") == 1 and not out.exists()
+    r = cli("query", f"SELECT * FROM read_text('{tmp_path}/secret.csv')", code=1)
+    assert r.stderr.startswith("Error: Query refused: Permission Error: Cannot access file")
+    assert r.stderr.count("\n") == 1 and "secret\n" not in r.output
+    r = cli("query", "SELECT 1; SELECT 2", code=1)
+    assert r.stderr == (
+        "Error: Query failed: give one query, not 2 statements (only one result can be "
+        "shown); query: SELECT 1; SELECT 2\n"
+    )
+    assert cli("query", " ", code=1).stderr.startswith("Error: Query failed: the query is empty")
+    r = cli("query", "selec 1", code=1)
+    assert (
+        r.stderr
+        == 'Error: Query failed: Parser Error: syntax error at or near "selec"; query: selec 1\n'
+    )
+
+
+def test_cli_query_prints_every_type(cli: Any) -> None:
+    sql = TYPES_SQL.replace("'copy'", "'air'")  # message 'Import': length 6
+    assert strict_json(cli("query", sql, "--json").output) == [{**TYPES_JSON, "hugeint": 6}]
+    lines = cli("query", sql).output.splitlines()
+    assert lines[0].split() == list(TYPES_JSON) and len(lines) == 3
+    assert lines[2].split()[:4] == [
+        "2024-01-01",
+        "10:00:00",
+        "2024-01-01T10:00:00.500000",
+        "2024-01-01T08:00:00.000000Z",
+    ]
+    assert "'datetime" not in lines[2] and "b'" not in lines[2]

@@ -335,24 +335,21 @@ def audit(obj: Context, name: str | None, as_json: bool) -> None:
 @pass_ctx
 @handle_errors
 def query(obj: Context, sql: str, as_json: bool) -> None:
-    """Run DuckDB SQL over the metadata tables: datasets, snapshots, refs, history,
-    audit, changes, manifests, shard_entries, entries (every key of every version).
+    """Run one DuckDB SELECT over the metadata tables: datasets, snapshots, refs,
+    history, audit, changes, manifests, shard_entries, entries (every key of every
+    version). The query may read these tables only: files, URLs, other databases,
+    extensions and statements other than a query are refused.
 
     \b
     Example:
         snapref query "SELECT version, op FROM changes WHERE dataset='air' AND key='temp/3.4'"
         snapref query "SELECT DISTINCT dataset, version FROM entries WHERE url LIKE '%air.h5'"
     """
-    from snapref.inspect import _cell, rows_as_text
+    from snapref.inspect import rows_as_json, rows_as_text
 
     table = obj.repo().inspect.query(sql)
     if as_json:
-        emit_json(
-            [
-                {k: (_cell(v) if hasattr(v, "tzinfo") else v) for k, v in r.items()}
-                for r in table.to_pylist()
-            ]
-        )
+        emit_json(rows_as_json(table))
         return
     for line in rows_as_text(table):
         click.echo(line)
