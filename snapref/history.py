@@ -710,7 +710,9 @@ def revert(
     if conflicts:
         raise MergeConflictError(
             f"Cannot revert {snap.dataset} version {snap.version}: {len(conflicts)} keys it "
-            f"changed were changed again on {branch!r} since: {', '.join(conflicts[:10])}",
+            f"changed were changed again on {branch!r} since: {', '.join(conflicts[:10])}. "
+            "Revert those later versions first ('snapref blame' shows which), or restore "
+            "the values you want in a new commit.",
             conflicts,
         )
     return commit_changes(

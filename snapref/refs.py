@@ -54,9 +54,13 @@ def load_reference_file(url: str, storage_options: Mapping[str, Any] | None = No
         else:
             with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
                 data = f.read()
-    except (FileNotFoundError, IsADirectoryError) as exc:
+    except FileNotFoundError as exc:
+        raise InvalidReferenceError(f"Reference file {url!r} does not exist") from exc
+    except IsADirectoryError as exc:
         raise InvalidReferenceError(
-            f"Reference file {url!r} does not exist or is not a file"
+            f"{url!r} is a folder, and not a parquet reference set (one holds a "
+            "'.zmetadata' with 'metadata' and 'record_size'): give a JSON reference file "
+            "or a parquet reference directory"
         ) from exc
     try:
         return ujson.loads(data)

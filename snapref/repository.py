@@ -386,6 +386,12 @@ class Repository:
         """
         record = _checkout_record(refs, storage_options) if parent is None else None
         if parent is None and record is None:
+            if (
+                isinstance(refs, str)
+                and refs != "-"
+                and not is_parquet_references(refs, storage_options)
+            ):
+                load_reference_file(refs, storage_options)  # says if it is missing or bad
             raise InvalidInputError(
                 "Cannot tell which version this reference set was checked out from: it "
                 "has no snapref record and no sidecar file. Pass --parent VERSION "
@@ -397,7 +403,15 @@ class Repository:
                     f"This reference set was checked out from dataset "
                     f"{record['dataset']!r}, not {name!r}"
                 )
-            parent_snap = self.db.snapshot(record["snapshot"])
+            try:
+                parent_snap = self.db.snapshot(record["snapshot"])
+            except VersionNotFoundError:
+                raise VersionNotFoundError(
+                    f"This reference set was checked out from snapshot "
+                    f"{str(record['snapshot'])[:12]} of {record.get('repository', '?')}, which "
+                    f"this repository ({self.url}) does not hold. Commit it there, or "
+                    "here with --parent VERSION (parent= in Python)."
+                ) from None
             branch = branch or record.get("branch") or MAIN_BRANCH
         else:
             parent_snap = self.resolve(name, parent)

@@ -252,6 +252,23 @@ def test_checkout_replaces_nothing_it_should_not(
     assert [s.version for s in air.log("air")] == [1]
 
 
+def test_commit_says_what_is_wrong_with_the_file_first(
+    air: snapref.Repository, tmp_path: Path
+) -> None:
+    with pytest.raises(snapref.InvalidReferenceError, match=r"missing\.json' does not exist"):
+        air.commit_references("air", str(tmp_path / "missing.json"), "m")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(snapref.InvalidReferenceError, match="is a folder, and not a parquet"):
+        air.commit_references("air", str(tmp_path / "folder"), "m", parent=1)
+    # checked out from another repository: say so, and how to commit it anyway
+    other = snapref.init(str(tmp_path / "other"))
+    other.import_references("air", air.to_references("air"), message="copy")
+    other.checkout("air", None, str(tmp_path / "o.json"))
+    with pytest.raises(snapref.VersionNotFoundError, match=r"other.*does not hold.*--parent"):
+        air.commit_references("air", str(tmp_path / "o.json"), "m")
+    assert air.head("air").version == 1
+
+
 def test_concurrent_commit_is_a_conflict(air: snapref.Repository) -> None:
     tx1 = air.transaction("air", message="first")
     tx2 = air.transaction("air", message="second")
