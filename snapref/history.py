@@ -660,7 +660,8 @@ def reset(
     author: str | None = None,
     message: str | None = None,
 ) -> Snapshot:
-    """Point ``branch`` of ``name`` at version ``to``; returns the old head.
+    """Point ``branch`` of ``name`` at version ``to``; returns the old head (nothing
+    is recorded if the branch points there already).
 
     The old head stays readable by id (and in ``snapref audit``); ``as_of`` keeps
     answering from the recorded history.
@@ -672,6 +673,8 @@ def reset(
     if to.dataset != name:
         raise InvalidInputError(f"Snapshot {to.id[:12]} is not a version of {name!r}")
     old = repo.head(name, branch)
+    if old.id == to.id:
+        return old  # already there: the audit log records moves, and this is none
     repo.db.move_branch(
         name, branch, old.id, to.id, author or repo.default_author(), "reset", message
     )

@@ -93,6 +93,14 @@ class ChangeSet:
         return ((k, r) for k, r in self.changes.items() if isinstance(r, VirtualRef))
 
 
+def check_message(dataset: str, message: str) -> None:
+    if not isinstance(message, str) or not message.strip():
+        raise InvalidInputError(
+            f"A version of {dataset!r} needs a message saying why it was made "
+            f"(-m TEXT, message= in Python), not {message!r}"
+        )
+
+
 def check_first_branch(dataset: str, branch: str) -> None:
     """A new dataset starts on ``main``: listings and every 'latest version' read it."""
     if branch != MAIN_BRANCH:
@@ -147,6 +155,7 @@ def commit_changes(
     """
     from snapref import __version__
 
+    check_message(dataset, message)
     changeset = changeset.without_noops(base)
     if parent is not None and not (changeset.changes or changeset.sections or merged_parents):
         return None
@@ -244,6 +253,7 @@ class Transaction:
         self.rebase = rebase
         self.dataset = dataset
         self.branch = branch
+        check_message(dataset, message)  # now, not after the work
         self.message = message
         self.author = author
         self.properties = dict(properties or {})

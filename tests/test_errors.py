@@ -267,6 +267,13 @@ def test_commit_says_what_is_wrong_with_the_file_first(
     with pytest.raises(snapref.VersionNotFoundError, match=r"other.*does not hold.*--parent"):
         air.commit_references("air", str(tmp_path / "o.json"), "m")
     assert air.head("air").version == 1
+    # a version says why it was made
+    for blank in ("", "  \n"):
+        with pytest.raises(snapref.InvalidInputError, match="needs a message"):
+            air.transaction("air", message=blank)
+        with pytest.raises(snapref.InvalidInputError, match="needs a message"):
+            air.import_references("new", {".zgroup": "{}"}, message=blank)
+    assert air.datasets() == ["air"]
 
 
 def test_concurrent_commit_is_a_conflict(air: snapref.Repository) -> None:

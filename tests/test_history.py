@@ -212,6 +212,9 @@ def test_reset_keeps_old_head_and_as_of(story: dict[str, Any]) -> None:
         "undo merge",
     )
     assert (last.old_snapshot, last.new_snapshot) == (old.id, story["v2"].id)
+    entries = len(repo.audit("air"))
+    assert repo.reset("air", 2).version == 2  # already there: no move, no entry
+    assert len(repo.audit("air")) == entries
     # the next commit continues from the reset head
     assert _edit(repo, "after reset", a=((0, 0, 0), 3)).parents == (story["v2"].id,)
 
