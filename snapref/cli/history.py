@@ -120,7 +120,7 @@ def blame(
 
 
 @cli.command()
-@click.argument("spec", metavar="NAME[@VERSION]", required=False)
+@click.argument("spec", metavar="[NAME[@VERSION]]", required=False)
 @click.option(
     "--url",
     help="Reverse: the datasets and versions that reference URL "
