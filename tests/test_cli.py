@@ -121,6 +121,96 @@ def test_errors_exit_1_with_a_message(run: Any, tmp_path: Path) -> None:
     run("show", "e@", code=1)
 
 
+def _usage_error(run: Any, *args: str) -> str:
+    """Run a refused invocation: exit 2, nothing on stdout, one ``Error:`` line last."""
+    r = run(*args, code=2)
+    assert r.stdout == ""
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and r.stderr.rstrip("\n").endswith(errors[0]), r.stderr
+    return errors[0]
+
+
+def test_tag_and_branch_refuse_a_version_without_a_name(
+    run: Any, tmp_path: Path, kerchunk_refs: Any
+) -> None:
+    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
+    run("init")
+    run("import", "air", "air.json")
+    assert _usage_error(run, "tag", "air@99") == (
+        "Error: Give a TAG name to tag air@99, or 'snapref tag air' to list tags"
+    )
+    assert _usage_error(run, "tag", "air@1", "--json") == (
+        "Error: Give a TAG name to tag air@1, or 'snapref tag air' to list tags"
+    )
+    assert _usage_error(run, "branch", "air", "--from", "99") == (
+        "Error: --from needs a NEW branch name: 'snapref branch air NEW --from 99', "
+        "or 'snapref branch air' to list branches"
+    )
+    assert _usage_error(run, "branch", "air@1") == (
+        "Error: Give a NEW branch name to branch air@1, or 'snapref branch air' to list branches"
+    )
+    # nothing was created; the valid forms still work
+    assert json.loads(run("tag", "air", "--json").output) == []
+    assert run("tag", "air@99", "v1", code=1).stderr.startswith("Error: ")
+    run("tag", "air@1", "v1")
+    assert [t["name"] for t in json.loads(run("tag", "air", "--json").output)] == ["v1"]
+    assert "v1\tversion 1" in run("tag", "air").output
+    run("branch", "air", "qc", "--from", "1")
+    branches = json.loads(run("branch", "air", "--json").output)
+    assert sorted(b["name"] for b in branches) == ["main", "qc"]
+
+
+def test_log_refuses_conflicting_outputs_and_branch_with_graph(
+    run: Any, tmp_path: Path, kerchunk_refs: Any
+) -> None:
+    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
+    run("init")
+    run("import", "air", "air.json")
+    outputs = "give only one of --graph, --format dot, --format json/--json"
+    for args, named in (
+        (("--json", "--format", "dot"), "--format dot and --json"),
+        (("--graph", "--json"), "--graph and --json"),
+        (("--graph", "--format", "json"), "--graph and --format json"),
+        (("--graph", "--format", "dot"), "--graph and --format dot"),
+        (("--format", "text", "--json"), "--format text and --json"),
+    ):
+        error = _usage_error(run, "log", "air", *args)
+        assert error == f"Error: {named} are different outputs: {outputs}", args
+    for args, drawing in ((("--graph",), "--graph"), (("--format", "dot"), "--format dot")):
+        error = _usage_error(run, "log", "air", *args, "--branch", "nope")
+        assert error == (
+            f"Error: {drawing} draws every branch, so --branch does not apply: drop "
+            f"--branch, or drop {drawing} to list the versions of branch 'nope'"
+        )
+    # the valid forms still work
+    assert "v1 " in run("log", "air", "--graph").output
+    assert run("log", "air", "--format", "dot").output.startswith('digraph "air"')
+    assert [e["version"] for e in json.loads(run("log", "air", "--json").output)] == [1]
+    both = run("log", "air", "--json", "--format", "json", "--branch", "main").output
+    assert [e["version"] for e in json.loads(both)] == [1]
+    assert "version 1" in run("log", "air", "--format", "text").output
+    r = run("log", "air", "--branch", "nope", "--json", code=1)
+    assert r.stderr.startswith("Error: ") and "main" in r.stderr
+
+
+def test_checkout_refuses_record_size_without_parquet(
+    run: Any, tmp_path: Path, kerchunk_refs: Any
+) -> None:
+    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
+    run("init")
+    run("import", "air", "air.json")
+    for args in (("--record-size", "5"), ("--format", "json", "--record-size", "5")):
+        error = _usage_error(run, "checkout", "air", "-o", "w.json", *args)
+        assert error == (
+            "Error: --record-size applies to --format parquet only: add --format parquet "
+            "or drop --record-size"
+        )
+    assert not (tmp_path / "w.json").exists()
+    run("checkout", "air", "-o", "w.json")
+    run("checkout", "air", "-o", "w.parq", "--format", "parquet", "--record-size", "5")
+    assert (tmp_path / "w.parq" / ".zmetadata").exists()
+
+
 def test_every_command_has_help_with_an_example() -> None:
     runner = CliRunner()
     for name, command in cli.commands.items():

@@ -4,6 +4,7 @@ allow-source."""
 from __future__ import annotations
 
 import click
+from click.core import ParameterSource
 
 import snapref
 from snapref.catalog import BRANCH, TAG
@@ -137,6 +138,11 @@ def checkout(
         snapref checkout air@3 -o work.json
         snapref checkout air --format parquet -o work.parq
     """
+    if fmt != "parquet" and _given("record_size"):
+        raise click.UsageError(
+            "--record-size applies to --format parquet only: add --format parquet or drop "
+            "--record-size"
+        )
     name, version = split_spec(spec)
     snap = obj.repo().checkout(
         name,
@@ -237,6 +243,28 @@ def log(obj: Context, name: str, branch: str | None, graph: bool, fmt: str, as_j
         snapref log air --graph
         snapref log air --format dot | dot -Tpng > air.png
     """
+    text_given = fmt == "text" and _given("fmt")
+    outputs = [
+        option
+        for option, chosen in (
+            ("--graph", graph),
+            ("--format dot", fmt == "dot"),
+            ("--format text", text_given and as_json),
+            ("--json" if as_json else "--format json", as_json or fmt == "json"),
+        )
+        if chosen
+    ]
+    if len(outputs) > 1:
+        raise click.UsageError(
+            f"{' and '.join(outputs)} are different outputs: give only one of --graph, "
+            "--format dot, --format json/--json"
+        )
+    if branch is not None and (graph or fmt == "dot"):
+        drawing = "--graph" if graph else "--format dot"
+        raise click.UsageError(
+            f"{drawing} draws every branch, so --branch does not apply: drop --branch, "
+            f"or drop {drawing} to list the versions of branch {branch!r}"
+        )
     if graph or fmt == "dot":
         from snapref import history as h
 
@@ -345,6 +373,11 @@ def branch(
         snapref branch air qc --from 3
         snapref branch air
     """
+    if new is None and from_version is not None:
+        raise click.UsageError(
+            f"--from needs a NEW branch name: 'snapref branch {name} NEW --from "
+            f"{from_version}', or 'snapref branch {name}' to list branches"
+        )
     spec = f"{name}@{from_version}" if from_version else name
     _ref_command(obj, spec, new, BRANCH, author, as_json)
 
@@ -353,6 +386,13 @@ def _ref_command(
     obj: Context, spec: str, new: str | None, kind: str, author: str | None, as_json: bool
 ) -> None:
     name, version = split_spec(spec)
+    if new is None and version is not None:
+        # listing ignores @VERSION: refuse rather than list and drop it silently
+        plural = "tags" if kind == TAG else "branches"
+        raise click.UsageError(
+            f"Give a {kind.upper() if kind == TAG else 'NEW branch'} name to {kind} "
+            f"{spec}, or 'snapref {kind} {name}' to list {plural}"
+        )
     repo = obj.repo()
     if new is None:
         refs = [r for r in repo.refs(name) if r.kind == kind]
@@ -380,6 +420,12 @@ def _ref_command(
         emit_json({"name": new, "kind": kind, "version": snap.version, "id": snap.id})
     else:
         click.echo(f"Created {kind} {new} at {name} version {snap.version} ({snap.id[:12]})")
+
+
+def _given(param: str) -> bool:
+    """Whether the user gave option ``param`` (not just its default)."""
+    source = click.get_current_context().get_parameter_source(param)
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
 @cli.command("allow-source")
