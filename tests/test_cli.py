@@ -73,10 +73,15 @@ def test_blog_workflow(run: Any, tmp_path: Path, kerchunk_refs: dict[str, Any]) 
     assert "Changed keys (1)" in run("show", "air@2").output
 
 
-def test_stale_checkout_is_a_conflict(run: Any, tmp_path: Path, kerchunk_refs: Any) -> None:
+def _init_with_air(run: Any, tmp_path: Path, kerchunk_refs: Any) -> None:
+    """A repository (SNAPREF_REPO) holding dataset air, imported from air.json."""
     (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
     run("init")
     run("import", "air", "air.json")
+
+
+def test_stale_checkout_is_a_conflict(run: Any, tmp_path: Path, kerchunk_refs: Any) -> None:
+    _init_with_air(run, tmp_path, kerchunk_refs)
     run("checkout", "air@1", "-o", "a.json")
     run("checkout", "air@1", "-o", "b.json")
     _edit_like_the_blog("a.json")
@@ -92,9 +97,7 @@ def test_stale_checkout_is_a_conflict(run: Any, tmp_path: Path, kerchunk_refs: A
 
 
 def test_tags_and_time_travel_by_name(run: Any, tmp_path: Path, kerchunk_refs: Any) -> None:
-    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
-    run("init")
-    run("import", "air", "air.json")
+    _init_with_air(run, tmp_path, kerchunk_refs)
     run("tag", "air@1", "v2025-qc")
     tags = json.loads(run("tag", "air", "--json").output)
     assert tags == [{"name": "v2025-qc", "kind": "tag", "version": 1, "id": tags[0]["id"]}]
@@ -133,9 +136,7 @@ def _usage_error(run: Any, *args: str) -> str:
 def test_tag_and_branch_refuse_a_version_without_a_name(
     run: Any, tmp_path: Path, kerchunk_refs: Any
 ) -> None:
-    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
-    run("init")
-    run("import", "air", "air.json")
+    _init_with_air(run, tmp_path, kerchunk_refs)
     assert _usage_error(run, "tag", "air@99") == (
         "Error: Give a TAG name to tag air@99, or 'snapref tag air' to list tags"
     )
@@ -163,9 +164,7 @@ def test_tag_and_branch_refuse_a_version_without_a_name(
 def test_log_refuses_conflicting_outputs_and_branch_with_graph(
     run: Any, tmp_path: Path, kerchunk_refs: Any
 ) -> None:
-    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
-    run("init")
-    run("import", "air", "air.json")
+    _init_with_air(run, tmp_path, kerchunk_refs)
     outputs = "give only one of --graph, --format dot, --format json/--json"
     for args, named in (
         (("--json", "--format", "dot"), "--format dot and --json"),
@@ -196,9 +195,7 @@ def test_log_refuses_conflicting_outputs_and_branch_with_graph(
 def test_checkout_refuses_record_size_without_parquet(
     run: Any, tmp_path: Path, kerchunk_refs: Any
 ) -> None:
-    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
-    run("init")
-    run("import", "air", "air.json")
+    _init_with_air(run, tmp_path, kerchunk_refs)
     for args in (("--record-size", "5"), ("--format", "json", "--record-size", "5")):
         error = _usage_error(run, "checkout", "air", "-o", "w.json", *args)
         assert error == (
