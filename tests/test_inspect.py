@@ -156,7 +156,9 @@ def test_query_reads_only_the_metadata_tables(two: snapref.Repository, tmp_path:
         message = one_line_error(exc)
         assert message.startswith("Query refused: "), message
         assert "queries may only read the metadata tables (datasets, snapshots," in message
-        assert message.endswith(f"query: {sql}"), message
+        # the query is named, cut to 100 characters (tmp_path's length varies)
+        named = message.rsplit("; query: ", 1)[1]
+        assert sql.startswith(named.removesuffix("...")) and len(named) <= 100, message
     assert not any((tmp_path / name).exists() for name in ("out.csv", "out", "out.db"))
     # the registered tables (Arrow scans) still read, and so does the entries view, and
     # the catalog (a duckdb database on the duckdb run) still works after a locked query
