@@ -479,15 +479,22 @@ def _empty_entries() -> pa.Table:
 
 def rows_as_text(table: pa.Table) -> list[str]:
     """A query result as aligned text lines (for the CLI): a header, a rule, one line
-    per row. Cells are shown as by :func:`text_value`."""
+    per row. Cells are shown as by :func:`text_value`, with line breaks and tabs
+    written as ``\\n`` and ``\\t`` so that every row stays one line."""
     names = table.column_names
-    columns = [[text_value(v) for v in _column_values(table, i)] for i in range(len(names))]
+    columns = [
+        [_one_line(text_value(v)) for v in _column_values(table, i)] for i in range(len(names))
+    ]
     widths = [max([len(n), *(len(c) for c in col)]) for n, col in zip(names, columns, strict=True)]
     lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for row in zip(*columns, strict=True):
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return lines
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 def rows_as_json(table: pa.Table) -> list[dict[str, Any]]:

@@ -249,6 +249,16 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
+def test_text_rows_stay_one_line_each(two: snapref.Repository) -> None:
+    from snapref.inspect import rows_as_json, rows_as_text
+
+    table = two.inspect.query(
+        "SELECT 'first line' || chr(10) || 'second' || chr(9) || 'x' AS m, 1 AS n"
+    )
+    assert rows_as_text(table)[2] == "first line\\nsecond\\tx  1"
+    assert rows_as_json(table) == [{"m": "first line\nsecond\tx", "n": 1}]  # JSON: as is
+
+
 def test_json_and_text_of_every_column_type(two: snapref.Repository) -> None:
     from snapref.inspect import rows_as_json, rows_as_text
 
