@@ -371,6 +371,11 @@ def diff(repo: Repository, old: Snapshot, new: Snapshot) -> Diff:
         c = chunk_coords(array, key)
         if c is not None:
             coords.setdefault(array, []).append(c)
+    # a node whose metadata moved from .zgroup to zarr.json (or back: a v2 hierarchy
+    # replaced by a v3 one) was neither added nor removed
+    moved = set(out.groups_added) & set(out.groups_removed)
+    out.groups_added = [g for g in out.groups_added if g not in moved]
+    out.groups_removed = [g for g in out.groups_removed if g not in moved]
     for array, entry in out.chunks.items():
         info = array_info(mb, array) or array_info(ma, array)
         if info is None or not coords.get(array):

@@ -93,6 +93,17 @@ def test_diff_of_added_and_removed_arrays_and_groups(story: dict[str, Any]) -> N
     assert back.chunks["extra/mask"].removed == ["extra/mask/0.0", "extra/mask/0.1"]
 
 
+def test_a_group_moving_from_zarr_v2_to_v3_is_neither_added_nor_removed(
+    air: snapref.Repository,
+) -> None:
+    with air.transaction("air", message="root as zarr v3") as tx:
+        tx.fs.rm(".zgroup")
+        tx.fs.pipe_file("zarr.json", b'{"zarr_format": 3, "node_type": "group"}')
+    d = air.diff("air", 1, 2)
+    assert (d.groups_added, d.groups_removed) == ([], [])
+    assert set(d.metadata) == {".zgroup", "zarr.json"}
+
+
 def test_regions_merge_neighbouring_chunks_into_boxes() -> None:
     square = [(i, j) for i in range(3) for j in range(2)]
     assert regions([*square, (9, 9)]) == [((0, 3), (0, 2)), ((9, 10), (9, 10))]
