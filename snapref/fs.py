@@ -15,7 +15,6 @@ import io
 import itertools
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
-from urllib.parse import unquote
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
@@ -33,6 +32,7 @@ from snapref.errors import (
 from snapref.keys import is_metadata_key, validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
 from snapref.objects import BytesLike, ContentStore, new_async_fs, wrapped_fs
+from snapref.refs import has_dot_segments
 
 __all__ = ["SnapshotFileSystem", "SnapshotStore", "SourcePolicy", "StagedReferences"]
 
@@ -79,14 +79,6 @@ class SourcePolicy:
                 f"read from ({allowed}). If that location is trusted, allow it with "
                 "'--allow-source PREFIX' (or allow_sources=[...] in Python)."
             )
-
-
-def has_dot_segments(url: str) -> bool:
-    """Whether the path of ``url`` has a ``.`` or ``..`` segment (also percent-encoded),
-    which a prefix check cannot judge: ``file:///allowed/../etc`` starts with
-    ``file:///allowed/`` but names ``/etc``."""
-    path = url.split("://", 1)[-1]
-    return any(seg in (".", "..") for seg in unquote(path).split("/"))
 
 
 def _fsspec_value(ref: Ref) -> Any:

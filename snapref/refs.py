@@ -16,6 +16,7 @@ import posixpath
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import fsspec
 import ujson
@@ -114,6 +115,14 @@ def normalize_url(url: str, base: str | None = None) -> str:
     return "file://" + posixpath.normpath(os.path.abspath(url))
 
 
+def has_dot_segments(url: str) -> bool:
+    """Whether the path of ``url`` has a ``.`` or ``..`` segment (also percent-encoded),
+    which a prefix check cannot judge: ``file:///allowed/../etc`` starts with
+    ``file:///allowed/`` but names ``/etc``."""
+    path = url.split("://", 1)[-1]
+    return any(seg in (".", "..") for seg in unquote(path).split("/"))
+
+
 def allowed_prefix(prefix: str) -> str:
     """An allowed-source prefix as the policy compares it: local paths (relative ones
     against the working directory) become ``file://`` URLs, keeping a final ``/``.
@@ -129,7 +138,7 @@ def allowed_prefix(prefix: str) -> str:
     if text.endswith("/") and not url.endswith("/"):
         url += "/"
     path = url.split("://", 1)[-1] if "://" in url else url
-    if not path.strip("/") or any(seg in (".", "..") for seg in path.split("/")):
+    if not path.strip("/") or has_dot_segments(url):
         raise InvalidInputError(
             f"Cannot allow sources under {prefix!r}: give the URL of a folder, ending in "
             "'/' (e.g. s3://bucket/data/ or /data/climate/); an empty or bare prefix "
