@@ -31,7 +31,7 @@ from snapref.errors import InvalidInputError, NotFoundError
 from snapref.keys import is_metadata_key, validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef
 from snapref.objects import content_hash
-from snapref.transaction import ChangeSet, check_first_branch, commit_changes
+from snapref.transaction import ChangeSet, check_new_dataset, commit_changes
 
 if TYPE_CHECKING:
     from snapref.repository import Repository
@@ -107,7 +107,7 @@ def ingest(
     keys = _list_store(fs, root, source)
     exists = name in repo.datasets()
     if not exists:
-        check_first_branch(name, branch)  # before copying anything
+        check_new_dataset(name, branch)  # before copying anything
     parent = repo.head(name, branch) if exists else None
     base = repo.manifest(parent) if parent is not None else Manifest.empty(repo.warehouse)
 

@@ -54,7 +54,7 @@ from snapref.refs_parquet import (
     write_parquet_references,
 )
 from snapref.refs_parquet import RECORD_FILE as PARQUET_RECORD_FILE
-from snapref.transaction import ChangeSet, Transaction, commit_changes
+from snapref.transaction import ChangeSet, Transaction, check_name, commit_changes
 
 if TYPE_CHECKING:
     from snapref.listing import DatasetListing
@@ -263,7 +263,7 @@ class Repository:
     def tag(self, name: str, version: VersionSpec, tag: str, author: str | None = None) -> Snapshot:
         """Name a version with a tag; tags never move."""
         snap = self.resolve(name, version)
-        _check_ref_name(tag)
+        check_name(tag)
         self.db.create_ref(name, tag, TAG, snap.id, author or self.default_author())
         return snap
 
@@ -272,7 +272,7 @@ class Repository:
     ) -> Snapshot:
         """Create branch ``new`` at ``from_version`` (default: head of ``main``)."""
         snap = self.resolve(name, from_version)
-        _check_ref_name(new)
+        check_name(new)
         self.db.create_ref(name, new, BRANCH, snap.id, author or self.default_author())
         return snap
 
@@ -329,7 +329,7 @@ class Repository:
         ------
         AlreadyExistsError, InvalidReferenceError, InvalidKeyError
         """
-        _check_ref_name(name, what="dataset")
+        check_name(name, what="dataset")
         if name in self.datasets():
             raise AlreadyExistsError(
                 f"A dataset named {name!r} exists already; commit a new version with "
@@ -988,21 +988,6 @@ def _parse_when(when: Any) -> datetime:
         f"Invalid time {when!r}: give a datetime, a date, or ISO 8601 text such as "
         "2026-01-01T12:00:00Z"
     )
-
-
-def _check_ref_name(name: str, what: str = "ref") -> None:
-    # URLs (snapref://NAME@REF), shells and Intake's templates ({{ }}) all take these
-    bad = (
-        not name
-        or name.isdigit()
-        or name.startswith(".")
-        or not all(c.isalnum() or c in "-_." for c in name)
-    )
-    if bad:
-        raise InvalidInputError(
-            f"Invalid {what} name {name!r}: use letters, digits, '-', '_' and '.' (not "
-            "first), and not only digits (those are version numbers)"
-        )
 
 
 def _write_record(

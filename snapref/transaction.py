@@ -101,8 +101,26 @@ def check_message(dataset: str, message: str) -> None:
         )
 
 
-def check_first_branch(dataset: str, branch: str) -> None:
-    """A new dataset starts on ``main``: listings and every 'latest version' read it."""
+def check_name(name: str, what: str = "ref") -> None:
+    # URLs (snapref://NAME@REF), shells and Intake's templates ({{ }}) all take these
+    bad = (
+        not name
+        or name.isdigit()
+        or name.startswith(".")
+        or not all(c.isalnum() or c in "-_." for c in name)
+    )
+    if bad:
+        raise InvalidInputError(
+            f"Invalid {what} name {name!r}: use letters, digits, '-', '_' and '.' (not "
+            "first), and not only digits (those are version numbers)"
+        )
+
+
+def check_new_dataset(dataset: str, branch: str) -> None:
+    """Every new dataset passes here (import, ingest, a first commit) before anything
+    is written: a usable name, and ``main`` as its first branch, which listings and
+    every 'latest version' read."""
+    check_name(dataset, what="dataset")
     if branch != MAIN_BRANCH:
         raise InvalidInputError(
             f"Dataset {dataset!r} does not exist yet, and a new dataset starts on branch "
@@ -187,7 +205,7 @@ def commit_changes(
         "summary": summary,
     }
     if parent is None:
-        check_first_branch(dataset, branch)
+        check_new_dataset(dataset, branch)
         # a dataset's first version added every key of its manifest: no rows needed
         # (Repository.changes derives them), which keeps big imports fast
         return repo.db.create_dataset(

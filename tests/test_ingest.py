@@ -127,6 +127,14 @@ def test_what_is_not_a_store_is_refused(repo: snapref.Repository, tmp_path: Path
     _store(tmp_path / "src.zarr", 3)
     with pytest.raises(snapref.InvalidInputError, match=r"starts on branch 'main', not 'dev'"):
         ingest(repo, "x", str(tmp_path / "src.zarr"), branch="dev")
+    # names that would break snapref://NAME@REF URLs, Intake entries or catalogue paths
+    for bad in ("a/b", "x@2", "../up", "with space", "{{x}}", "42"):
+        with pytest.raises(snapref.InvalidInputError, match="Invalid dataset name"):
+            ingest(repo, bad, str(tmp_path / "src.zarr"))
+    result = CliRunner().invoke(
+        cli, ["-R", repo.url, "ingest", "../up", str(tmp_path / "src.zarr")]
+    )
+    assert result.exit_code == 1 and "Invalid dataset name '../up'" in result.output
     assert repo.datasets() == [] and not (Path(repo.warehouse.root) / "objects").exists()
 
 
