@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -39,7 +40,17 @@ from snapref.errors import (
     VersionNotFoundError,
 )
 from snapref.keys import array_path_of, chunk_coords, is_metadata_key, node_path
-from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef, section_of
+from snapref.manifest import (
+    KIND_OBJECT,
+    KIND_VIRTUAL,
+    InlineRef,
+    Manifest,
+    ObjectRef,
+    Ref,
+    VirtualRef,
+    ref_of,
+    section_of,
+)
 from snapref.transaction import ChangeSet, commit_changes
 
 if TYPE_CHECKING:
@@ -95,14 +106,6 @@ def _unique_shards(m: Manifest, digests: Iterable[str]) -> pa.Table | None:
     return pa.concat_tables(tables) if tables else None
 
 
-def _ref(kind: int, data: Any, digest: Any, url: Any, offset: Any, length: Any) -> Ref:
-    if kind == 0:
-        return InlineRef(data)
-    if kind == 1:
-        return ObjectRef(digest, length)
-    return VirtualRef(url, offset, length)
-
-
 def changed_entries(a: Manifest, b: Manifest) -> dict[str, tuple[Ref | None, Ref | None]]:
     """``{key: (ref in a, ref in b)}`` for every key whose reference differs, by key.
 
@@ -122,7 +125,7 @@ def changed_entries(a: Manifest, b: Manifest) -> dict[str, tuple[Ref | None, Ref
     if ta is None or tb is None:
         side = 0 if tb is None else 1
         for row in (ta if tb is None else tb).to_pylist():  # type: ignore[union-attr]
-            ref = _ref(*(row[c] for c in _COLUMNS))
+            ref = ref_of(*(row[c] for c in _COLUMNS))
             out[row["key"]] = (ref, None) if side == 0 else (None, ref)
         return dict(sorted(out.items()))
     joined = ta.join(tb, keys="key", join_type="full outer", left_suffix="_a", right_suffix="_b")
@@ -132,8 +135,8 @@ def changed_entries(a: Manifest, b: Manifest) -> dict[str, tuple[Ref | None, Ref
         d = pc.or_(pc.fill_null(pc.not_equal(x, y), False), pc.xor(pc.is_null(x), pc.is_null(y)))
         differs = d if differs is None else pc.or_(differs, d)
     for row in joined.filter(differs).to_pylist():
-        old = None if row["kind_a"] is None else _ref(*(row[f"{c}_a"] for c in _COLUMNS))
-        new = None if row["kind_b"] is None else _ref(*(row[f"{c}_b"] for c in _COLUMNS))
+        old = None if row["kind_a"] is None else ref_of(*(row[f"{c}_a"] for c in _COLUMNS))
+        new = None if row["kind_b"] is None else ref_of(*(row[f"{c}_b"] for c in _COLUMNS))
         out[row["key"]] = (old, new)
     return dict(sorted(out.items()))
 
@@ -607,9 +610,35 @@ def _shard_urls(manifest: Manifest, digest: str) -> dict[str, tuple[int, int]]:
     urls = table.column("url").to_pylist()
     lengths = table.column("length").to_pylist()
     for kind, url, length in zip(kinds, urls, lengths, strict=True):
-        if kind == 2:
+        if kind == KIND_VIRTUAL:
             n, b = out.get(url, (0, 0))
             out[url] = (n + 1, b + (length or 0))
+    return out
+
+
+def protocols(
+    repo: Repository, snap: Snapshot, seen: dict[str, frozenset[str]] | None = None
+) -> set[str]:
+    """The fsspec protocols that version ``snap``'s exported references name: those of
+    its virtual sources, and the warehouse's if it holds any object. ``seen`` caches
+    the answer per shard across calls (versions share most shards)."""
+    seen = {} if seen is None else seen
+    manifest = repo.manifest(snap)
+    out: set[str] = set()
+    for digest in _shard_infos(manifest):
+        if digest not in seen:
+            table = pq.read_table(io.BytesIO(manifest.shards.get(digest)), columns=["kind", "url"])
+            kinds = table.column("kind").to_pylist()
+            urls = table.column("url").to_pylist()
+            found = {
+                fsspec.core.split_protocol(u)[0] or "file"
+                for k, u in zip(kinds, urls, strict=True)
+                if k == KIND_VIRTUAL
+            }
+            if KIND_OBJECT in kinds:
+                found.add(repo.warehouse.protocol)
+            seen[digest] = frozenset(found)
+        out |= seen[digest]
     return out
 
 

@@ -180,7 +180,8 @@ def to_intake(
     Raises
     ------
     InvalidInputError
-        For an unknown ``route``.
+        For an unknown ``route``; for route 'references', a version whose references
+        name more than one protocol (see :func:`_remote_protocols`).
     """
     import yaml
 
@@ -188,6 +189,7 @@ def to_intake(
         raise InvalidInputError(f"Unknown route {route!r}: use one of {', '.join(ROUTES)}")
     listing = catalog(repo, versions=True)
     refs_dir = _refs_dir(path)
+    remote = _remote_protocols(repo, listing) if route == "references" else {}
     sources: dict[str, Any] = {}
     todo = sum(len(d.versions or []) for d in listing)
     with progress.bar(todo if route == "references" else 0, "Writing references") as tick:
@@ -197,7 +199,9 @@ def to_intake(
             entries += [(f"{ds.name}@{v.version}", v) for v in ds.versions or []]
             entries += [(f"{ds.name}@{t}", by_id[_id_of(ds, t)]) for t in sorted(ds.tags)]
             for entry, version in entries:
-                sources[entry] = _source(repo, ds, version, route, refs_dir)
+                sources[entry] = _source(
+                    repo, ds, version, refs_dir, remote[version.id] if remote else None
+                )
             if route == "references":
                 for version in ds.versions or []:
                     folder = f"{_folder_of(path)}/{refs_dir}"
@@ -243,9 +247,41 @@ def _refs_dir(path: str) -> str:
     return stem + ".refs"
 
 
+def _remote_protocols(repo: Repository, listing: list[DatasetListing]) -> dict[str, str]:
+    """``{snapshot id: protocol}``: the one protocol each version's references name.
+
+    A reference file opened by plain fsspec under zarr 3 reaches one protocol:
+    ``remote_protocol`` names it, and ReferenceFileSystem's ``fs`` mapping, the only
+    way to name several, does not make local files asynchronous, so zarr's reads of
+    them fail. A version that mixes protocols (virtual chunks on S3 and objects in a
+    local warehouse, say) is refused here, before anything is written.
+    """
+    from snapref.history import protocols
+
+    seen: dict[str, frozenset[str]] = {}
+    out = {}
+    for ds in listing:
+        for v in ds.versions or []:
+            found = protocols(repo, repo.resolve(ds.name, v.id), seen)
+            if len(found) > 1:
+                raise InvalidInputError(
+                    f"Version {v.version} of {ds.name!r} references files through "
+                    f"{' and '.join(sorted(found))}, and a plain reference:// entry reaches "
+                    "one protocol under zarr 3. Write the catalogue with route 'snapref' "
+                    "(--route snapref), which reads every protocol."
+                )
+            out[v.id] = found.pop() if found else repo.warehouse.protocol
+    return out
+
+
 def _source(
-    repo: Repository, ds: DatasetListing, v: VersionListing, route: str, refs_dir: str
+    repo: Repository,
+    ds: DatasetListing,
+    v: VersionListing,
+    refs_dir: str,
+    remote_protocol: str | None,
 ) -> dict[str, Any]:
+    """One entry; through ``remote_protocol`` (route 'references') or snapref://."""
     metadata = {
         "dataset": ds.name,
         "version": v.version,
@@ -261,19 +297,21 @@ def _source(
         "dataset_properties": ds.properties,
         "repository": repo.url,
     }
-    if route == "snapref":
+    if remote_protocol is None:
         args: dict[str, Any] = {
             "urlpath": f"snapref://{ds.name}@{v.id}",
             "storage_options": {"repo": repo.url},
         }
     else:
-        args = {
-            "urlpath": "reference://",
-            "storage_options": {
-                "fo": "{{ CATALOG_DIR }}/" + f"{refs_dir}/{ds.name}/{v.id}.json",
-                "remote_protocol": repo.warehouse.protocol,
-            },
+        storage_options: dict[str, Any] = {
+            "fo": "{{ CATALOG_DIR }}/" + f"{refs_dir}/{ds.name}/{v.id}.json",
+            "remote_protocol": remote_protocol,
         }
+        if fsspec.get_filesystem_class(remote_protocol).async_impl:
+            # zarr 3 opens reference:// asynchronously, and ReferenceFileSystem
+            # requires an asynchronous filesystem to be made so too (S3, HTTP, ...)
+            storage_options["remote_options"] = {"asynchronous": True}
+        args = {"urlpath": "reference://", "storage_options": storage_options}
     args["consolidated"] = False
     title = ds.description or ds.name
     return {

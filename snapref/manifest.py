@@ -103,7 +103,7 @@ _SCHEMA = pa.schema(
         ("length", pa.int64()),
     ]
 )
-_INLINE, _OBJECT, _VIRTUAL = 0, 1, 2
+KIND_INLINE, KIND_OBJECT, KIND_VIRTUAL = 0, 1, 2
 
 
 # -- shards ----------------------------------------------------------------------------
@@ -137,11 +137,11 @@ def _encode(table: pa.Table) -> bytes:
 
 def _row_of_ref(ref: Ref) -> tuple[Any, ...]:
     if type(ref) is VirtualRef:
-        return (_VIRTUAL, None, None, ref.url, ref.offset, ref.length)
+        return (KIND_VIRTUAL, None, None, ref.url, ref.offset, ref.length)
     if type(ref) is ObjectRef:
-        return (_OBJECT, None, ref.digest, None, None, ref.size)
+        return (KIND_OBJECT, None, ref.digest, None, None, ref.size)
     assert isinstance(ref, InlineRef)
-    return (_INLINE, ref.data, None, None, None, len(ref.data))
+    return (KIND_INLINE, ref.data, None, None, None, len(ref.data))
 
 
 class Shard:
@@ -232,10 +232,14 @@ class Shard:
 
 
 def _ref_of_row(row: tuple[Any, ...]) -> Ref:
-    _, kind, data, digest, url, offset, length = row
-    if kind == _INLINE:
+    return ref_of(*row[1:])
+
+
+def ref_of(kind: int, data: Any, digest: Any, url: Any, offset: Any, length: Any) -> Ref:
+    """The reference of one manifest row (its columns after ``key``)."""
+    if kind == KIND_INLINE:
         return InlineRef(data)
-    if kind == _OBJECT:
+    if kind == KIND_OBJECT:
         return ObjectRef(digest, length)
     return VirtualRef(url, offset, length)
 
@@ -643,7 +647,7 @@ def chunk_table(
 ) -> pa.Table:
     """A shard-schema table of chunk references: objects where ``digests[i]`` is set
     (``lengths[i]`` its size), else virtual (``offsets[i]`` None: the whole file)."""
-    kinds = [_OBJECT if d is not None else _VIRTUAL for d in digests]
+    kinds = [KIND_OBJECT if d is not None else KIND_VIRTUAL for d in digests]
     return pa.table(
         {
             "key": keys,

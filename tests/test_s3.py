@@ -486,3 +486,49 @@ def test_rewriting_a_chunk_with_its_own_bytes_sends_nothing(
         chunk_uploads = [p for p in uploads if "/objects/" in p]
         assert len(chunk_uploads) == 1 and tx.snapshot.summary["objects_written"] == 1
         assert snapref.open(repo, "air")["temp"][7, 39, 59] == -1.0
+
+
+def test_intake_catalogue_of_plain_references_reads_from_s3(
+    s3_bucket: dict[str, Any],
+    s3_refs: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import intake
+    import yaml
+
+    snapref.init(REPO, catalog=_catalog_url(tmp_path), storage_options=s3_bucket).close()
+    repo = snapref.connect(REPO, storage_options=s3_bucket)
+    repo.import_references("air", s3_refs, message="Import air.h5 from S3")
+    with repo.transaction("air", message="Halve a bad patch") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        g["temp"][1, 5, 10:14] /= 2
+        g["temp"][7, 39, 59] = -1.0
+    path = tmp_path / "cat" / "catalog.yaml"
+    path.parent.mkdir()
+    repo.to_intake(str(path), route="references")
+    doc = yaml.safe_load(path.read_text())
+    options = doc["sources"]["air"]["args"]["storage_options"]
+    assert options["remote_protocol"] == "s3"
+    assert "key" not in str(options) and "secret" not in str(options)  # no credentials
+
+    # a reader with no snapref: the endpoint and credentials come from the environment
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_bucket["endpoint_url"])
+    s3fs.S3FileSystem.clear_instance_cache()
+    cat = intake.open_catalog(str(path))
+    np.testing.assert_array_equal(cat["air"].read()["temp"].values, _expected_after_edit())
+    np.testing.assert_array_equal(cat["air@1"].read()["temp"].values, temp_values())
+
+    # virtual chunks in a local file beside objects on S3: plain reference:// reaches
+    # one protocol under zarr 3, so that catalogue is refused before anything is written
+    local = make_hdf5(tmp_path / "local.h5")
+    repo.import_references("local", SingleHdf5ToZarr(str(local)).translate(), message="Local")
+    before = path.read_text()
+    with pytest.raises(
+        snapref.InvalidInputError, match=r"'local' references files through file and s3"
+    ):
+        repo.to_intake(str(path), route="references")
+    assert path.read_text() == before
+    assert not (tmp_path / "cat" / "catalog.refs" / "local").exists()
+    repo.to_intake(str(path))  # the snapref route reads both
+    repo.close()
