@@ -59,15 +59,15 @@ def _reopen_and_log(url: str) -> int:
 
 def _floor(url: str) -> int:
     """What any log from this catalog pays: Python's sqlite3 opening the catalog file
-    and handing over the columns a log shows, newest first, with no snapref code."""
+    and handing over the columns a log reads (id, parents, the packed entry), newest
+    first, with no snapref code."""
     import sqlite3
 
-    from snapref.catalog.records import SHOWN_COLUMNS
+    from snapref.catalog.records import LOG_COLUMNS
 
     db = sqlite3.connect(f"{url}/catalog.db")
     rows = db.execute(
-        f"SELECT {', '.join(SHOWN_COLUMNS)} FROM snapshots WHERE dataset = 'a' "
-        "ORDER BY version DESC"
+        f"SELECT {', '.join(LOG_COLUMNS)} FROM snapshots WHERE dataset = 'a' ORDER BY version DESC"
     ).fetchall()
     db.close()
     return len(rows)

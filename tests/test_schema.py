@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import snapref
 from snapref.catalog import schema
 from snapref.catalog.migrate import DIALECT_MIGRATIONS, MIGRATIONS
-from snapref.catalog.records import SHOWN_COLUMNS
+from snapref.catalog.records import LOG_COLUMNS, format_time
 from snapref.catalog.schema import SCHEMA_VERSION, ddl
 from snapref.manifest import _SCHEMA
 from tests.conftest import one_array_refs
@@ -36,7 +36,7 @@ def test_created_catalog_has_exactly_the_schema(tmp_path: Path) -> None:
     for name, table in schema.metadata.tables.items():
         assert [c["name"] for c in inspector.get_columns(name)] == [c.name for c in table.columns]
     with repo.db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one() == 3
+        assert conn.execute(sa.text("SELECT version FROM snapref_schema")).scalar_one() == 4
 
 
 def test_catalog_of_another_version_is_refused(tmp_path: Path) -> None:
@@ -61,13 +61,13 @@ def test_migration_files_match_code() -> None:
 
 
 def test_sqlite_log_reads_only_its_index(tmp_path: Path) -> None:
-    """The log's query (the columns a log shows, newest first) is answered from
-    ix_snapshots_log alone, without a table lookup per version."""
+    """The log's query (id, parents and the packed entry, newest first) is answered
+    from ix_snapshots_log alone, without a table lookup per version."""
     repo = snapref.init(str(tmp_path / "wh"))
     repo.import_references("d", _refs(), "import")
     with repo.db.engine.connect() as conn:
         plan = conn.exec_driver_sql(
-            f"EXPLAIN QUERY PLAN SELECT {', '.join(SHOWN_COLUMNS)} FROM snapshots "
+            f"EXPLAIN QUERY PLAN SELECT {', '.join(LOG_COLUMNS)} FROM snapshots "
             "WHERE dataset = 'd' ORDER BY version DESC"
         ).all()
     assert [row[-1] for row in plan] == [
@@ -112,8 +112,12 @@ def _schema_of(engine: sa.Engine) -> dict[str, Any]:
     }
 
 
+#: a message the migration's JSON functions must escape as snapref's own encoder does
+TRICKY_MESSAGE = 'set 1: "quoted", a \\ backslash,\na second line, \u00e9 and \U0001f30d'
+
+
 def _make_old_repository(tmp_path: Path, catalog_url: str | None, version: int) -> Path:
-    """A repository whose catalog has schema ``version`` (1 or 2), as the snapref of
+    """A repository whose catalog has schema ``version`` (1 to 3), as the snapref of
     that version wrote it: made from catalog_schemas/v{version}.*.sql, holding an
     imported dataset with two commits and a branch. ``catalog_url`` is an empty
     database (None: an SQLite file)."""
@@ -123,8 +127,8 @@ def _make_old_repository(tmp_path: Path, catalog_url: str | None, version: int) 
     # real manifests first, from a throwaway catalog of the current version
     repo = snapref.init(str(wh), catalog=f"sqlite:///{tmp_path / 'scratch.db'}")
     snaps = [repo.import_references("d", _refs(), "import")]
-    for value in (1, 2):
-        with repo.transaction("d", message=f"set {value}") as tx:
+    for value, message in ((1, TRICKY_MESSAGE), (2, "set 2")):
+        with repo.transaction("d", message=message) as tx:
             tx.fs.pipe("x/0", bytes([value]) * 3)
         snaps.append(tx.snapshot)
     repo.close()
@@ -181,7 +185,7 @@ def _make_old_repository(tmp_path: Path, catalog_url: str | None, version: int) 
     return wh
 
 
-@pytest.mark.parametrize("old_version", [1, 2])
+@pytest.mark.parametrize("old_version", [1, 2, 3])
 @pytest.mark.parametrize("catalog_kind", ["sqlite", "postgresql", "duckdb"])
 def test_an_older_repository_is_migrated_on_connect(
     tmp_path: Path,
@@ -205,8 +209,18 @@ def test_an_older_repository_is_migrated_on_connect(
     fresh = snapref.init(str(tmp_path / "fresh"), catalog=fresh_url and fresh_url())
     assert _schema_of(repo.db.engine) == _schema_of(fresh.db.engine)
     fresh.close()
-    # the old history reads as before
-    assert [s.version for s in repo.log("d")] == [2, 1]
+    # the old history reads as before, every field of it
+    log = repo.log("d")
+    assert [s.version for s in log] == [2, 1]
+    assert [(s.message, s.author, s.branch) for s in log] == [
+        (TRICKY_MESSAGE, "Old <o@x>", "main"),
+        ("import", "Old <o@x>", "main"),
+    ]
+    assert [format_time(s.timestamp) for s in log] == [
+        "2025-01-02T00:00:00.000000Z",
+        "2025-01-01T00:00:00.000000Z",
+    ]
+    assert log[0] == repo.resolve("d", 2) and log[0].to_json() == repo.resolve("d", 2).to_json()
     assert [s.version for s in repo.log("d", "qc")] == [3, 2, 1]
     assert snapref.open(repo, "d", 3)["x"][:].tolist() == [2, 2, 2]
     assert repo.resolve("d", as_of="2025-01-01T12:00:00Z").version == 1

@@ -52,6 +52,13 @@ UPDATE snapref_schema SET version = 2;
 
 UPDATE snapref_schema SET version = 3;
 """,
+    3: """\
+-- snapref catalog schema migration: version 3 -> version 4
+-- Portable SQL (SQLite, PostgreSQL, duckdb), run after v3_to_v4.<dialect>.sql, which
+-- adds and fills snapshots.log_entry with its database's JSON function.
+
+UPDATE snapref_schema SET version = 4;
+""",
 }
 
 #: ``{(from_version, dialect): SQL text}``, run before the portable step on that kind of
@@ -63,6 +70,32 @@ DIALECT_MIGRATIONS: dict[tuple[int, str], str] = {
 -- (PostgreSQL limits B-tree entries to ~2.7 KB, which a long message would exceed.)
 
 CREATE INDEX ix_snapshots_log ON snapshots (dataset, version, id, parents, branch, timestamp, author, message);
+""",
+    (3, "sqlite"): """\
+-- snapref catalog schema migration: version 3 -> version 4, SQLite
+-- A log reads version, branch, timestamp, author and message as one JSON array
+-- (snapshots.log_entry), from the log's index rebuilt around it.
+
+ALTER TABLE snapshots ADD COLUMN log_entry TEXT;
+UPDATE snapshots SET log_entry = json_array(version, branch, timestamp, author, message);
+DROP INDEX ix_snapshots_log;
+CREATE INDEX ix_snapshots_log ON snapshots (dataset, version, id, parents, log_entry);
+""",
+    (3, "postgresql"): """\
+-- snapref catalog schema migration: version 3 -> version 4, PostgreSQL
+-- A log reads version, branch, timestamp, author and message as one JSON array
+-- (snapshots.log_entry).
+
+ALTER TABLE snapshots ADD COLUMN log_entry TEXT;
+UPDATE snapshots SET log_entry = json_build_array(version, branch, timestamp, author, message)::text;
+""",
+    (3, "duckdb"): """\
+-- snapref catalog schema migration: version 3 -> version 4, duckdb
+-- A log reads version, branch, timestamp, author and message as one JSON array
+-- (snapshots.log_entry).
+
+ALTER TABLE snapshots ADD COLUMN log_entry TEXT;
+UPDATE snapshots SET log_entry = json_array(version, branch, timestamp, author, message);
 """,
 }
 

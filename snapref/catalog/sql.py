@@ -30,6 +30,7 @@ from snapref.catalog import schema as t
 from snapref.catalog.engine import ENGINES, safe_url
 from snapref.catalog.migrate import MIGRATIONS, migrate
 from snapref.catalog.records import (
+    LOG_COLUMNS,
     REST_COLUMNS,
     SHOWN_COLUMNS,
     DatasetRecord,
@@ -38,6 +39,7 @@ from snapref.catalog.records import (
     Snapshot,
     format_time,
     iso_now,
+    log_entry,
     parse_time,
 )
 from snapref.errors import (
@@ -293,7 +295,7 @@ class Catalog:
     def ancestry(self, head: str, dataset: str | None = None) -> list[Snapshot]:
         """``head`` and its first-parent ancestors, newest first.
 
-        One indexed query reads the shown columns of the dataset's rows, newest
+        One indexed query reads the :data:`LOG_COLUMNS` of the dataset's rows, newest
         first, and :func:`_first_parent_chain` picks the chain out of them in one
         pass. (On SQLite this is about twice as fast as a recursive query over
         ``snapshot_parents``; fetching the rows is most of the cost.) ``dataset``,
@@ -305,10 +307,10 @@ class Catalog:
             if dataset is not None
             else sa.select(s.c.dataset).where(s.c.id == head).scalar_subquery()
         )
-        query = sa.select(*(s.c[n] for n in SHOWN_COLUMNS)).where(s.c.dataset == of_dataset)
+        query = sa.select(*(s.c[n] for n in LOG_COLUMNS)).where(s.c.dataset == of_dataset)
         rows = self._rows_newest_first(query)
         deferred = _Deferred(self, of_dataset)
-        return [Snapshot(r, deferred) for r in _first_parent_chain(rows, head, 0, 2)]
+        return [Snapshot(r, deferred) for r in _first_parent_chain(rows, head, 0, 1)]
 
     def chain_ids(self, head: str) -> list[str]:
         """Ids of ``head`` and its first-parent ancestors, newest first (light rows)."""
@@ -639,6 +641,8 @@ class Catalog:
         snapshot: Mapping[str, Any],
         changes: Mapping[str, str],
     ) -> dict[str, Any]:
+        timestamp = snapshot.get("timestamp") or iso_now()
+        shown = (version, snapshot["branch"], timestamp, snapshot["author"], snapshot["message"])
         row = {
             "id": snapshot.get("id") or new_snapshot_id(),
             "dataset": dataset,
@@ -646,12 +650,13 @@ class Catalog:
             "manifest": snapshot["manifest"],
             "parents": ujson.dumps(list(snapshot["parents"])),
             "branch": snapshot["branch"],
-            "timestamp": snapshot.get("timestamp") or iso_now(),
+            "timestamp": timestamp,
             "author": snapshot["author"],
             "message": snapshot["message"],
             "snapref_version": snapshot["snapref_version"],
             "properties": ujson.dumps(dict(snapshot.get("properties") or {})),
             "summary": ujson.dumps(dict(snapshot.get("summary") or {})),
+            "log_entry": log_entry(*shown),
         }
         conn.execute(sa.insert(t.snapshots).values(**row))
         parents = list(snapshot["parents"])
