@@ -61,7 +61,7 @@ CREATE TABLE snapshots (
 	FOREIGN KEY(dataset) REFERENCES datasets (name)
 );
 
-CREATE INDEX ix_snapshots_log ON snapshots (dataset, version, id, parents, log_entry);
+CREATE INDEX ix_snapshots_log ON snapshots (dataset, version, log_entry);
 
 CREATE TABLE refs (
 	dataset VARCHAR(255) NOT NULL,

@@ -14,7 +14,7 @@ Typical use::
 
 from snapref._version import __version__
 from snapref.aio import open_async, open_snapshot_async
-from snapref.catalog import Snapshot
+from snapref.catalog import Log, Snapshot
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
@@ -48,6 +48,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidKeyError",
     "InvalidReferenceError",
+    "Log",
     "MergeConflictError",
     "NotFoundError",
     "ReadOnlyError",

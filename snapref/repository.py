@@ -25,7 +25,7 @@ import zarr
 from zarr.storage import FsspecStore
 
 from snapref import progress
-from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Catalog, RefRecord, Snapshot
+from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Catalog, Log, RefRecord, Snapshot
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
@@ -219,8 +219,9 @@ class Repository:
             return dict.fromkeys(sorted(self.manifest(snapshot)), "A")
         return self.db.changes(snapshot.id)
 
-    def log(self, name: str, branch: str | None = None) -> list[Snapshot]:
-        """The versions of ``branch`` (default ``main``), newest first."""
+    def log(self, name: str, branch: str | None = None) -> Log:
+        """The versions of ``branch`` (default ``main``), newest first: a read-only
+        sequence of :class:`Snapshot` (indexing, slicing, iteration, ``len``)."""
         branch = branch or MAIN_BRANCH
         ref = self.db.ref(name, branch)
         if ref is None or ref.kind != BRANCH:

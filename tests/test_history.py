@@ -61,6 +61,31 @@ def test_versions_and_parents_of_a_merge(story: dict[str, Any]) -> None:
     assert temp[7, 39, 59] == temp_values()[7, 39, 59]
 
 
+def test_a_log_reads_like_a_list_of_the_recorded_snapshots(story: dict[str, Any]) -> None:
+    repo = story["repo"]
+    with repo.transaction(
+        "air", message='Say "why"\\n, \u00e9\nsecond line', author="Zo\u00eb <z@x>"
+    ) as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][1, 1, 1] = 7
+    log = repo.log("air")
+    assert len(log) == 5 and isinstance(log, snapref.Log)
+    # each entry equals the snapshot read on its own, every field of it
+    for entry, version in zip(log, [6, 5, 4, 2, 1], strict=True):
+        alone = repo.resolve("air", version)
+        assert entry == alone and entry.to_json() == alone.to_json()
+        assert entry.timestamp == alone.timestamp and entry.parents == alone.parents
+    assert (
+        log[0].message == 'Say "why"\\n, \u00e9\nsecond line' and log[0].author == "Zo\u00eb <z@x>"
+    )
+    assert log[-1] == story["v1"] and log[1] == story["v5"]
+    assert log[1:3] == [story["v5"], story["v4"]]
+    assert log == list(log) and log == repo.log("air") and log != repo.log("air", "qc")
+    assert [s.version for s in reversed(log)] == [1, 2, 4, 5, 6] and story["v2"] in log
+    assert repr(log) == "Log([v6, v5, v4, v2, v1])"
+    with pytest.raises(IndexError):
+        log[5]
+
+
 def test_diff_reports_chunks_regions_and_metadata(story: dict[str, Any]) -> None:
     repo = story["repo"]
     d = repo.diff("air", 1, 2)

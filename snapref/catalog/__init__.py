@@ -7,7 +7,7 @@
 - ``sql.py``     the Catalog class: every query, and the compare-and-swap commit
 """
 
-from snapref.catalog.records import DatasetRecord, RefLogEntry, RefRecord, Snapshot
+from snapref.catalog.records import DatasetRecord, Log, RefLogEntry, RefRecord, Snapshot
 from snapref.catalog.schema import SCHEMA_VERSION
 from snapref.catalog.sql import BRANCH, MAIN_BRANCH, TAG, Catalog
 
@@ -18,6 +18,7 @@ __all__ = [
     "TAG",
     "Catalog",
     "DatasetRecord",
+    "Log",
     "RefLogEntry",
     "RefRecord",
     "Snapshot",

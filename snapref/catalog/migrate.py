@@ -73,29 +73,32 @@ CREATE INDEX ix_snapshots_log ON snapshots (dataset, version, id, parents, branc
 """,
     (3, "sqlite"): """\
 -- snapref catalog schema migration: version 3 -> version 4, SQLite
--- A log reads version, branch, timestamp, author and message as one JSON array
--- (snapshots.log_entry), from the log's index rebuilt around it.
+-- A log reads one text per version (snapshots.log_entry): the id, the first parent's
+-- id or 32 spaces, then a JSON array [parents, version, branch, timestamp, author,
+-- message]; from the log's index, rebuilt around it.
 
 ALTER TABLE snapshots ADD COLUMN log_entry TEXT;
-UPDATE snapshots SET log_entry = json_array(version, branch, timestamp, author, message);
+UPDATE snapshots SET log_entry = id || CASE WHEN parents = '[]' THEN '                                ' ELSE substr(parents, 3, 32) END || json_array(json(parents), version, branch, timestamp, author, message);
 DROP INDEX ix_snapshots_log;
-CREATE INDEX ix_snapshots_log ON snapshots (dataset, version, id, parents, log_entry);
+CREATE INDEX ix_snapshots_log ON snapshots (dataset, version, log_entry);
 """,
     (3, "postgresql"): """\
 -- snapref catalog schema migration: version 3 -> version 4, PostgreSQL
--- A log reads version, branch, timestamp, author and message as one JSON array
--- (snapshots.log_entry).
+-- A log reads one text per version (snapshots.log_entry): the id, the first parent's
+-- id or 32 spaces, then a JSON array [parents, version, branch, timestamp, author,
+-- message].
 
 ALTER TABLE snapshots ADD COLUMN log_entry TEXT;
-UPDATE snapshots SET log_entry = json_build_array(version, branch, timestamp, author, message)::text;
+UPDATE snapshots SET log_entry = id || CASE WHEN parents = '[]' THEN '                                ' ELSE substr(parents, 3, 32) END || json_build_array(parents::json, version, branch, timestamp, author, message)::text;
 """,
     (3, "duckdb"): """\
 -- snapref catalog schema migration: version 3 -> version 4, duckdb
--- A log reads version, branch, timestamp, author and message as one JSON array
--- (snapshots.log_entry).
+-- A log reads one text per version (snapshots.log_entry): the id, the first parent's
+-- id or 32 spaces, then a JSON array [parents, version, branch, timestamp, author,
+-- message].
 
 ALTER TABLE snapshots ADD COLUMN log_entry TEXT;
-UPDATE snapshots SET log_entry = json_array(version, branch, timestamp, author, message);
+UPDATE snapshots SET log_entry = id || CASE WHEN parents = '[]' THEN '                                ' ELSE substr(parents, 3, 32) END || json_array(parents::JSON, version, branch, timestamp, author, message);
 """,
 }
 

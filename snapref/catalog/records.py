@@ -3,21 +3,23 @@ plain Python objects made from its rows, and the time format it stores."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import ujson
 
 __all__ = [
     "LOG_COLUMNS",
-    "LOG_ENTRY_FIELDS",
     "REST_COLUMNS",
     "SHOWN_COLUMNS",
     "DatasetRecord",
+    "Log",
     "RefLogEntry",
     "RefRecord",
     "Snapshot",
+    "first_parent_chain",
     "format_time",
     "iso_now",
     "log_entry",
@@ -41,22 +43,48 @@ def format_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-#: The fields of a log entry besides id and parents, packed as one JSON array in the
-#: column ``log_entry`` (schema version 4): a log reads one text per version instead
-#: of five columns, which halves the time of fetching a long log.
-LOG_ENTRY_FIELDS = ("version", "branch", "timestamp", "author", "message")
-#: What a log reads of each snapshot: ``parents`` to follow the first-parent chain
-#: without decoding anything, ``log_entry`` decoded when an entry is first read.
-LOG_COLUMNS = ("id", "parents", "log_entry")
 #: The columns ``snapref log`` shows, in the order a :class:`Snapshot` keeps them.
-SHOWN_COLUMNS = ("id", "parents", *LOG_ENTRY_FIELDS)
+SHOWN_COLUMNS = ("id", "parents", "version", "branch", "timestamp", "author", "message")
+#: What a log reads of each snapshot: one text, :func:`log_entry` (schema version 4).
+LOG_COLUMNS = ("log_entry",)
 #: The other columns of a snapshot row; a log reads them only when one entry needs them.
 REST_COLUMNS = ("dataset", "manifest", "snapref_version", "properties", "summary")
 
+_NO_PARENT = " " * 32
 
-def log_entry(version: int, branch: str, timestamp: str, author: str, message: str) -> str:
-    """The ``log_entry`` column of a snapshot row: its :data:`LOG_ENTRY_FIELDS` as JSON."""
-    return ujson.dumps([version, branch, timestamp, author, message])
+
+def log_entry(
+    snapshot_id: str,
+    parents: list[str],
+    version: int,
+    branch: str,
+    timestamp: str,
+    author: str,
+    message: str,
+) -> str:
+    """The ``log_entry`` column of a snapshot row: the :data:`SHOWN_COLUMNS` as one text,
+    the form a log reads them in. The snapshot id (32 characters), the first parent's
+    id (or 32 spaces), then a JSON array of parents, version, branch, timestamp, author
+    and message. The fixed-width start lets a log follow the first-parent chain
+    without decoding anything; the rest is decoded when an entry is read."""
+    first = parents[0] if parents else _NO_PARENT
+    return snapshot_id + first + ujson.dumps([parents, version, branch, timestamp, author, message])
+
+
+def first_parent_chain(entries: Iterable[tuple[str]], head: str) -> list[str]:
+    """The log entries on the first-parent chain from ``head``, from a dataset's
+    entries newest first (rows of :data:`LOG_COLUMNS`). A parent always has a smaller
+    version than its child (it was committed before), so one pass meets the chain's
+    entries in turn. Empty if ``head`` is not among them."""
+    chain = []
+    want = head
+    for (entry,) in entries:
+        if entry.startswith(want):
+            chain.append(entry)
+            want = entry[32:64]
+            if want == _NO_PARENT:
+                break
+    return chain
 
 
 class RestColumns(Protocol):
@@ -83,20 +111,20 @@ class Snapshot:
 
     __slots__ = ("_decoded", "_rest", "_shown")
 
-    def __init__(self, shown: tuple[Any, ...], rest: tuple[Any, ...] | RestColumns) -> None:
-        self._shown = shown
+    def __init__(self, shown: tuple[Any, ...] | str, rest: tuple[Any, ...] | RestColumns) -> None:
+        self._shown = shown  # SHOWN_COLUMNS values, or a log_entry text
         self._rest = rest
         self._decoded: dict[str, Any] | None = None  # made on first use: logs are long
 
     def _fields(self) -> tuple[Any, ...]:
         shown = self._shown
-        if len(shown) == len(LOG_COLUMNS):  # a log's row: unpack its entry once
-            shown = self._shown = (shown[0], shown[1], *ujson.loads(shown[2]))
+        if isinstance(shown, str):  # a log entry: decode it once, on first need
+            shown = self._shown = (shown[:32], *ujson.loads(shown[64:]))
         return shown
 
     def _rest_columns(self) -> tuple[Any, ...]:
         if not isinstance(self._rest, tuple):
-            self._rest = self._rest.rest(self._shown[0])
+            self._rest = self._rest.rest(self.id)
         return self._rest
 
     def _json(self, name: str, text: str) -> Any:
@@ -108,7 +136,12 @@ class Snapshot:
             value = self._decoded[name] = ujson.loads(text)
             return value
 
-    id = property(lambda self: self._shown[0], doc="Unique id (32 hex digits).")
+    @property
+    def id(self) -> str:
+        """Unique id (32 hex digits)."""
+        shown = self._shown
+        return shown[:32] if isinstance(shown, str) else shown[0]
+
     version = property(lambda self: int(self._fields()[2]), doc="1, 2, 3... per dataset.")
     branch = property(lambda self: self._fields()[3], doc="Branch it was committed to.")
     author = property(lambda self: self._fields()[5])
@@ -120,7 +153,8 @@ class Snapshot:
     @property
     def parents(self) -> tuple[str, ...]:
         """Ids of the parent snapshots (two for a merge, none for the first)."""
-        return tuple(self._json("parents", self._shown[1]))
+        parents = self._fields()[1]  # JSON text from the column, a list from a log entry
+        return tuple(self._json("parents", parents) if isinstance(parents, str) else parents)
 
     @property
     def timestamp(self) -> datetime:
@@ -168,6 +202,50 @@ class Snapshot:
             "snapref_version": self.snapref_version,
             "manifest": self.manifest,
         }
+
+
+class Log(Sequence[Snapshot]):
+    """The versions of a branch, newest first: a read-only sequence of
+    :class:`Snapshot`, each made from its log entry when it is read (a log of 10,000
+    versions is one list of texts until then). Equal to another log or a list
+    holding the same snapshots in the same order."""
+
+    __slots__ = ("_entries", "_rest")
+
+    def __init__(self, entries: list[str], rest: RestColumns) -> None:
+        self._entries = entries  # log_entry texts, newest first
+        self._rest = rest
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> Snapshot: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Snapshot]: ...
+    def __getitem__(self, index: int | slice) -> Snapshot | list[Snapshot]:
+        if isinstance(index, slice):
+            return [Snapshot(entry, self._rest) for entry in self._entries[index]]
+        return Snapshot(self._entries[index], self._rest)
+
+    def __iter__(self) -> Iterator[Snapshot]:
+        rest = self._rest
+        for entry in self._entries:
+            yield Snapshot(entry, rest)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Log):
+            return [e[:32] for e in self._entries] == [e[:32] for e in other._entries]
+        if isinstance(other, list):
+            return list(self) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # (like a list)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"v{s.version}" for s in self[:5])
+        more = f", ... ({len(self)} versions)" if len(self) > 5 else ""
+        return f"Log([{shown}{more}])"
 
 
 @dataclass(frozen=True)

@@ -79,25 +79,22 @@ snapshots = Table(
     Column("snapref_version", String(32), nullable=False),
     Column("properties", Text, nullable=False),
     Column("summary", Text, nullable=False),
-    # version, branch, timestamp, author and message as one JSON array, the form a log
-    # reads them in (records.log_entry; schema version 4). Written with the row and
-    # never changed, like the row. Nullable only because duckdb cannot add a NOT NULL
-    # column to an existing table; every row has one.
+    # what a log reads (records.log_entry; schema version 4): the id, the first
+    # parent's id (or 32 spaces), then a JSON array [parents, version, branch,
+    # timestamp, author, message]. Written with the row and never changed, like the
+    # row. Nullable only because duckdb cannot add a NOT NULL column to an existing
+    # table; every row has one.
     Column("log_entry", Text, nullable=True),
     UniqueConstraint("dataset", "version"),
 )
 
-#: On SQLite, ``log`` reads what it needs (id, parents, log_entry) from this index
-#: alone, in version order, instead of looking every row up in the table (schema
-#: version 3, with the shown columns; version 4, with ``log_entry``). Not on PostgreSQL,
-#: whose B-tree entries are limited to ~2.7 KB (a long commit message would fail the
-#: insert), nor on duckdb.
-Index(
-    "ix_snapshots_log",
-    snapshots.c.dataset,
-    snapshots.c.version,
-    *(snapshots.c[name] for name in ("id", "parents", "log_entry")),
-).ddl_if(dialect="sqlite")
+#: On SQLite, ``log`` reads ``log_entry`` from this index alone, in version order,
+#: instead of looking every row up in the table (schema version 3 held the shown
+#: columns; version 4 ``log_entry``). Not on PostgreSQL, whose B-tree entries are
+#: limited to ~2.7 KB (a long commit message would fail the insert), nor on duckdb.
+Index("ix_snapshots_log", snapshots.c.dataset, snapshots.c.version, snapshots.c.log_entry).ddl_if(
+    dialect="sqlite"
+)
 
 #: The keys each snapshot changed: A(dded), M(odified), D(eleted).
 snapshot_changes = Table(

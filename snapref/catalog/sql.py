@@ -34,9 +34,11 @@ from snapref.catalog.records import (
     REST_COLUMNS,
     SHOWN_COLUMNS,
     DatasetRecord,
+    Log,
     RefLogEntry,
     RefRecord,
     Snapshot,
+    first_parent_chain,
     format_time,
     iso_now,
     log_entry,
@@ -292,12 +294,12 @@ class Catalog:
             rows = conn.execute(sa.select(*_COLUMNS).where(t.snapshots.c.dataset == dataset)).all()
         return {r.id: _snapshot(r) for r in rows}
 
-    def ancestry(self, head: str, dataset: str | None = None) -> list[Snapshot]:
+    def ancestry(self, head: str, dataset: str | None = None) -> Log:
         """``head`` and its first-parent ancestors, newest first.
 
-        One indexed query reads the :data:`LOG_COLUMNS` of the dataset's rows, newest
-        first, and :func:`_first_parent_chain` picks the chain out of them in one
-        pass. (On SQLite this is about twice as fast as a recursive query over
+        One indexed query reads the log entries of the dataset's rows, newest first,
+        and :func:`first_parent_chain` picks the chain out of them in one pass. (On
+        SQLite this is about twice as fast as a recursive query over
         ``snapshot_parents``; fetching the rows is most of the cost.) ``dataset``,
         the name of ``head``'s dataset if the caller knows it, saves a subquery.
         """
@@ -308,16 +310,14 @@ class Catalog:
             else sa.select(s.c.dataset).where(s.c.id == head).scalar_subquery()
         )
         query = sa.select(*(s.c[n] for n in LOG_COLUMNS)).where(s.c.dataset == of_dataset)
-        rows = self._rows_newest_first(query)
-        deferred = _Deferred(self, of_dataset)
-        return [Snapshot(r, deferred) for r in _first_parent_chain(rows, head, 0, 1)]
+        chain = first_parent_chain(self._rows_newest_first(query), head)
+        if not chain:
+            raise VersionNotFoundError(f"No snapshot with id {head!r}")
+        return Log(chain, _Deferred(self, of_dataset))
 
     def chain_ids(self, head: str) -> list[str]:
-        """Ids of ``head`` and its first-parent ancestors, newest first (light rows)."""
-        s = t.snapshots
-        dataset = sa.select(s.c.dataset).where(s.c.id == head).scalar_subquery()
-        rows = self._rows_newest_first(sa.select(s.c.id, s.c.parents).where(s.c.dataset == dataset))
-        return [r[0] for r in _first_parent_chain(rows, head, 0, 1)]
+        """Ids of ``head`` and its first-parent ancestors, newest first."""
+        return [s.id for s in self.ancestry(head)]
 
     def _rows_newest_first(self, query: sa.Select[Any]) -> Sequence[tuple[Any, ...]]:
         with self._read() as conn:
@@ -642,13 +642,17 @@ class Catalog:
         changes: Mapping[str, str],
     ) -> dict[str, Any]:
         timestamp = snapshot.get("timestamp") or iso_now()
+        snapshot_id = snapshot.get("id") or new_snapshot_id()
+        parents = list(snapshot["parents"])
+        if len(snapshot_id) != 32:  # log_entry's fixed-width start relies on it
+            raise ValueError(f"snapshot ids have 32 characters, not {snapshot_id!r}")
         shown = (version, snapshot["branch"], timestamp, snapshot["author"], snapshot["message"])
         row = {
-            "id": snapshot.get("id") or new_snapshot_id(),
+            "id": snapshot_id,
             "dataset": dataset,
             "version": version,
             "manifest": snapshot["manifest"],
-            "parents": ujson.dumps(list(snapshot["parents"])),
+            "parents": ujson.dumps(parents),
             "branch": snapshot["branch"],
             "timestamp": timestamp,
             "author": snapshot["author"],
@@ -656,10 +660,9 @@ class Catalog:
             "snapref_version": snapshot["snapref_version"],
             "properties": ujson.dumps(dict(snapshot.get("properties") or {})),
             "summary": ujson.dumps(dict(snapshot.get("summary") or {})),
-            "log_entry": log_entry(*shown),
+            "log_entry": log_entry(snapshot_id, parents, *shown),
         }
         conn.execute(sa.insert(t.snapshots).values(**row))
-        parents = list(snapshot["parents"])
         if parents:
             conn.execute(
                 sa.insert(t.snapshot_parents),
@@ -674,26 +677,6 @@ class Catalog:
                 [{"snapshot_id": row["id"], "key": k, "op": op} for k, op in changes.items()],
             )
         return row
-
-
-def _first_parent_chain(
-    rows: Iterable[tuple[Any, ...]], head: str, id_column: int, parents_column: int
-) -> Iterator[tuple[Any, ...]]:
-    """The rows on the first-parent chain from ``head``, from rows newest first.
-
-    A parent always has a smaller version number than its child (it was committed
-    before), so one pass in version order meets every row of the chain in turn.
-    """
-    want = head
-    for row in rows:
-        if row[id_column] == want:
-            yield row
-            # the JSON list written by _insert_snapshot: '["<32 hex>", ...]' or '[]'
-            want = row[parents_column][2:34]
-            if not want:
-                return
-    if want == head:
-        raise VersionNotFoundError(f"No snapshot with id {head!r}")
 
 
 def _swap_head(conn: Connection, dataset: str, branch: str, expected: str, new: str) -> bool:
