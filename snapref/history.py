@@ -39,7 +39,7 @@ from snapref.errors import (
     NotFoundError,
     VersionNotFoundError,
 )
-from snapref.keys import array_path_of, chunk_coords, is_metadata_key, node_path
+from snapref.keys import array_path_of, canonical_json, chunk_coords, is_metadata_key, node_path
 from snapref.manifest import (
     KIND_OBJECT,
     KIND_VIRTUAL,
@@ -833,14 +833,8 @@ def _definition(ref: Ref | None) -> Any:
     (dtype, chunk grid, codecs, fill value...); None: no array."""
     if not isinstance(ref, InlineRef):
         return None if ref is None else ref
-    try:
-        doc = ujson.loads(ref.data)
-    except ValueError:
-        return ref.data
-    if isinstance(doc, dict):
-        for name in _NOT_DEFINITION:
-            doc.pop(name, None)
-    return ujson.dumps(doc, sort_keys=True)
+    canonical = canonical_json(ref.data, leave_out=_NOT_DEFINITION)
+    return ref.data if canonical is None else canonical
 
 
 def _array_document(key: str, ref: Ref | None) -> str | None:

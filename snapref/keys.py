@@ -69,17 +69,25 @@ def is_metadata_key(key: str) -> bool:
     return key.rpartition("/")[2] in METADATA_NAMES
 
 
+def canonical_json(data: bytes | str, leave_out: tuple[str, ...] = ()) -> str | None:
+    """One spelling of the JSON value in ``data`` (keys sorted, no spacing), without
+    the top-level members named in ``leave_out``; None if ``data`` is not JSON."""
+    try:
+        doc = ujson.loads(data)
+        if leave_out and isinstance(doc, dict):
+            for name in leave_out:
+                doc.pop(name, None)
+        return str(ujson.dumps(doc, sort_keys=True))
+    except (ValueError, OverflowError):
+        return None
+
+
 def same_document(a: bytes, b: bytes) -> bool:
     """Whether two JSON documents hold the same value, written differently (key order,
     spacing): zarr rewrites kerchunk's compact metadata in its own style when it
     saves an array's attributes, and that is no change of the array."""
-    try:
-        return bool(
-            ujson.dumps(ujson.loads(a), sort_keys=True)
-            == ujson.dumps(ujson.loads(b), sort_keys=True)
-        )
-    except (ValueError, OverflowError):
-        return False
+    canonical = canonical_json(a)
+    return canonical is not None and canonical == canonical_json(b)
 
 
 def node_path(key: str) -> str:
