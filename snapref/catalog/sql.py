@@ -303,21 +303,26 @@ class Catalog:
         ``snapshot_parents``; fetching the rows is most of the cost.) ``dataset``,
         the name of ``head``'s dataset if the caller knows it, saves a subquery.
         """
-        s = t.snapshots
-        of_dataset = (
-            dataset
-            if dataset is not None
-            else sa.select(s.c.dataset).where(s.c.id == head).scalar_subquery()
-        )
-        query = sa.select(*(s.c[n] for n in LOG_COLUMNS)).where(s.c.dataset == of_dataset)
-        chain = first_parent_chain(self._rows_newest_first(query), head)
-        if not chain:
-            raise VersionNotFoundError(f"No snapshot with id {head!r}")
-        return Log(chain, _Deferred(self, of_dataset))
+        of_dataset = dataset if dataset is not None else self._dataset_of(head)
+        return Log(self._chain(head, of_dataset), _Deferred(self, of_dataset))
 
     def chain_ids(self, head: str) -> list[str]:
         """Ids of ``head`` and its first-parent ancestors, newest first."""
-        return [s.id for s in self.ancestry(head)]
+        return [entry[:32] for entry in self._chain(head, self._dataset_of(head))]
+
+    @staticmethod
+    def _dataset_of(snapshot_id: str) -> Any:
+        s = t.snapshots
+        return sa.select(s.c.dataset).where(s.c.id == snapshot_id).scalar_subquery()
+
+    def _chain(self, head: str, dataset: Any) -> list[str]:
+        """The log entries of ``head``'s first-parent chain, newest first."""
+        s = t.snapshots
+        query = sa.select(*(s.c[n] for n in LOG_COLUMNS)).where(s.c.dataset == dataset)
+        chain = first_parent_chain(self._rows_newest_first(query), head)
+        if not chain:
+            raise VersionNotFoundError(f"No snapshot with id {head!r}")
+        return chain
 
     def _rows_newest_first(self, query: sa.Select[Any]) -> Sequence[tuple[Any, ...]]:
         with self._read() as conn:
