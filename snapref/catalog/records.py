@@ -101,8 +101,8 @@ class Snapshot:
     ``author``, ``message``, ``snapref_version``, ``properties``, ``summary``.
 
     Made from a catalog row in two parts: ``shown`` holds the :data:`SHOWN_COLUMNS`
-    or, in a log, the :data:`LOG_COLUMNS`, whose packed entry is decoded when a field
-    of it is first read; ``rest`` holds the :data:`REST_COLUMNS` or, in a log, a
+    or, in a log, the row's :func:`log_entry` text, decoded when a field other than
+    the id is first read; ``rest`` holds the :data:`REST_COLUMNS` or, in a log, a
     :class:`RestColumns` that reads them for every entry of the log at once when the
     first one asks. The JSON fields and the time are also decoded when first read, so
     a log of 10,000 versions costs little more than fetching one text per version.
