@@ -360,9 +360,9 @@ class Catalog:
                     sa.select(c.c.key, c.c.snapshot_id, c.c.op)
                     .join(t.snapshots, t.snapshots.c.id == c.c.snapshot_id)
                     .where(c.c.key.in_(keys[start : start + 500]), t.snapshots.c.dataset == dataset)
-                ).all()
-                for r in rows:
-                    out[r.key][r.snapshot_id] = r.op
+                ).cursor.fetchall()  # plain rows: a key may have 10^4 changes (blame)
+                for key, snapshot_id, op in rows:
+                    out[key][snapshot_id] = op
         return out
 
     def changed_keys_under(self, dataset: str, prefix: str) -> dict[str, dict[str, str]]:
