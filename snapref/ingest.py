@@ -102,12 +102,12 @@ def ingest(
     """
     if concurrency < 1 or batch_size < 1:
         raise InvalidInputError("concurrency and batch_size must be at least 1")
+    exists = name in repo.datasets()
+    if not exists:
+        check_new_dataset(name, branch)  # before listing or copying anything
     fs, root = fsspec.core.url_to_fs(source, **dict(storage_options or {}))
     root = root.rstrip("/")
     keys = _list_store(fs, root, source)
-    exists = name in repo.datasets()
-    if not exists:
-        check_new_dataset(name, branch)  # before copying anything
     parent = repo.head(name, branch) if exists else None
     base = repo.manifest(parent) if parent is not None else Manifest.empty(repo.warehouse)
 

@@ -106,13 +106,13 @@ def check_name(name: str, what: str = "ref") -> None:
     bad = (
         not name
         or name.isdigit()
-        or name.startswith(".")
+        or name.startswith((".", "-"))
         or not all(c.isalnum() or c in "-_." for c in name)
     )
     if bad:
         raise InvalidInputError(
-            f"Invalid {what} name {name!r}: use letters, digits, '-', '_' and '.' (not "
-            "first), and not only digits (those are version numbers)"
+            f"Invalid {what} name {name!r}: use letters, digits, '-', '_' and '.' ('.' "
+            "and '-' not first), and not only digits (those are version numbers)"
         )
 
 

@@ -3,6 +3,7 @@ and merged, then asked what changed, who wrote which chunk, and rolled back."""
 
 from __future__ import annotations
 
+import pickle
 import re
 import time
 from datetime import UTC, datetime
@@ -82,6 +83,10 @@ def test_a_log_reads_like_a_list_of_the_recorded_snapshots(story: dict[str, Any]
     assert log == list(log) and log == repo.log("air") and log != repo.log("air", "qc")
     assert [s.version for s in reversed(log)] == [1, 2, 4, 5, 6] and story["v2"] in log
     assert repr(log) == "Log([v6, v5, v4, v2, v1])"
+    assert log + [] == list(log) and [] + log == list(log)  # noqa: RUF005 (the + itself)
+    # pickled as the list of its snapshots, fields and all: no catalog connection travels
+    copied = pickle.loads(pickle.dumps(log))
+    assert copied == list(log) and [s.to_json() for s in copied] == [s.to_json() for s in log]
     with pytest.raises(IndexError):
         log[5]
 

@@ -128,9 +128,12 @@ def test_what_is_not_a_store_is_refused(repo: snapref.Repository, tmp_path: Path
     with pytest.raises(snapref.InvalidInputError, match=r"starts on branch 'main', not 'dev'"):
         ingest(repo, "x", str(tmp_path / "src.zarr"), branch="dev")
     # names that would break snapref://NAME@REF URLs, Intake entries or catalogue paths
-    for bad in ("a/b", "x@2", "../up", "with space", "{{x}}", "42"):
+    for bad in ("a/b", "x@2", "../up", "with space", "{{x}}", "42", "-x"):
         with pytest.raises(snapref.InvalidInputError, match="Invalid dataset name"):
             ingest(repo, bad, str(tmp_path / "src.zarr"))
+    # the name is checked before the source is even listed
+    with pytest.raises(snapref.InvalidInputError, match="Invalid dataset name"):
+        ingest(repo, "a/b", str(tmp_path / "missing"))
     result = CliRunner().invoke(
         cli, ["-R", repo.url, "ingest", "../up", str(tmp_path / "src.zarr")]
     )

@@ -242,6 +242,21 @@ class Log(Sequence[Snapshot]):
 
     __hash__ = None  # type: ignore[assignment]  # (like a list)
 
+    def __add__(self, other: object) -> list[Snapshot]:
+        if isinstance(other, (Log, list)):
+            return [*self, *other]
+        return NotImplemented
+
+    def __radd__(self, other: object) -> list[Snapshot]:
+        if isinstance(other, list):
+            return [*other, *self]
+        return NotImplemented
+
+    def __reduce__(self) -> Any:
+        # pickled (and deep-copied) as the list of its snapshots, each with all its
+        # fields: the catalog connection behind a log does not travel
+        return list, (list(self),)
+
     def __repr__(self) -> str:
         shown = ", ".join(f"v{s.version}" for s in self[:5])
         more = f", ... ({len(self)} versions)" if len(self) > 5 else ""
