@@ -261,8 +261,9 @@ def _remote_protocols(repo: Repository, listing: list[DatasetListing]) -> dict[s
     seen: dict[str, frozenset[str]] = {}
     out = {}
     for ds in listing:
+        snapshots = repo.db.all_snapshots(ds.name)  # one query per dataset
         for v in ds.versions or []:
-            found = protocols(repo, repo.resolve(ds.name, v.id), seen)
+            found = protocols(repo, snapshots[v.id], seen)
             if len(found) > 1:
                 raise InvalidInputError(
                     f"Version {v.version} of {ds.name!r} references files through "
