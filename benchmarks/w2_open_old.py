@@ -75,12 +75,14 @@ def _warm(open_read: Callable[[], int], repeats: int, expected: int) -> list[flo
 
 def _import_floor() -> tuple[str, list[float], str]:
     """What a fresh process pays before snapref runs a line of its own: importing the
-    libraries the issue chose for it (zarr, pyarrow's parquet reader, SQLAlchemy,
-    fsspec's reference filesystem). Shown beside the systems as a floor."""
+    libraries its read path uses (zarr, pyarrow's parquet reader for the manifest
+    shards, Python's sqlite3 for the embedded catalog, fsspec's reference
+    filesystem). SQLAlchemy is not among them: a process that only reads never
+    imports it (snapref/catalog/lookups.py). Shown beside the systems as a floor."""
     code = (
         CHILD_PEAK_RSS
         + """
-import json, zarr, pyarrow.parquet, sqlalchemy, fsspec.implementations.reference
+import json, zarr, pyarrow.parquet, sqlite3, fsspec.implementations.reference
 print(json.dumps({"rss": _peak_rss_mb()}))
 """
     )

@@ -199,7 +199,7 @@ class SnaprefFileSystem(SnapshotFileSystem):
             dict(repository.warehouse.storage_options),
             # the catalog this one uses, so that a copy never depends on the
             # environment of the process it lands in
-            str(repository.db.url),
+            repository.catalog_url,
             dict(repository._source_options),
         )
         warehouse_fs = (
@@ -377,7 +377,7 @@ def _unpickle(
     asynchronous: bool,
 ) -> SnaprefFileSystem:
     repository = _CONNECTIONS.get(url, repo_options, catalog, source_options)
-    snapshot = repository.db.snapshot(snapshot_id)
+    snapshot = repository._reads.snapshot(snapshot_id)
     return SnaprefFileSystem(
         repository,
         dataset,

@@ -15,17 +15,18 @@ import operator
 import os
 import posixpath
 import subprocess
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 import ujson
 import zarr
 from zarr.storage import FsspecStore
 
 from snapref import progress
-from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Catalog, Log, RefRecord, Snapshot
+from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Log, Lookups, RefRecord, Snapshot
+from snapref.catalog.lookups import SQLiteReader
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
@@ -57,6 +58,7 @@ from snapref.refs_parquet import RECORD_FILE as PARQUET_RECORD_FILE
 from snapref.transaction import ChangeSet, Transaction, check_name, commit_changes
 
 if TYPE_CHECKING:
+    from snapref.catalog import Catalog
     from snapref.listing import DatasetListing
 
 __all__ = ["Repository", "connect", "init", "open", "open_dataset", "split_spec"]
@@ -78,12 +80,18 @@ class Repository:
     def __init__(
         self,
         warehouse: Warehouse,
-        catalog: Catalog,
+        catalog: Lookups,
         source_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
+        """``catalog``: an open :class:`~snapref.catalog.Catalog`, or a
+        :class:`~snapref.catalog.lookups.SQLiteReader` of one, which opens the whole
+        catalog (and imports SQLAlchemy) only when something besides finding and
+        reading a version needs it."""
         self.warehouse = warehouse
-        #: The SQL catalog (datasets, snapshots, refs); ``catalog()`` is the listing.
-        self.db = catalog
+        # finding a version reads through these; `db` is the whole catalog
+        self._reads = catalog
+        self._db: Catalog | None = None if isinstance(catalog, SQLiteReader) else catalog.full()
+        self._db_lock = threading.Lock()
         self.objects = warehouse.content("objects")
         self._source_options = dict(source_options or {})
 
@@ -94,8 +102,24 @@ class Repository:
     def url(self) -> str:
         return self.warehouse.url
 
+    @property
+    def db(self) -> Catalog:
+        """The SQL catalog (datasets, snapshots, refs), opened on first use;
+        ``catalog()`` is the listing."""
+        if self._db is None:
+            with self._db_lock:
+                if self._db is None:
+                    self._db = self._reads.full()
+        return self._db
+
+    @property
+    def catalog_url(self) -> str:
+        """The SQLAlchemy URL of the catalog this repository uses."""
+        return self._reads.url
+
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
 
     def __enter__(self) -> Repository:
         return self
@@ -126,8 +150,8 @@ class Repository:
 
     def head(self, name: str, branch: str = MAIN_BRANCH) -> Snapshot:
         """The snapshot at the head of ``branch`` of dataset ``name``."""
-        self.db.dataset(name)
-        ref = self.db.ref(name, branch)
+        self._reads.dataset(name)
+        ref = self._reads.ref(name, branch)
         if ref is None or ref.kind != BRANCH:
             branches = ", ".join(r.name for r in self.db.refs(name) if r.kind == BRANCH)
             if ref is not None:  # a tag: it names one version forever
@@ -140,7 +164,7 @@ class Repository:
                 f"Dataset {name!r} has no branch {branch!r} (branches: {branches}). "
                 f"Create it with 'snapref branch {name} {branch}'."
             )
-        return self.db.snapshot(ref.snapshot_id)
+        return self._reads.snapshot(ref.snapshot_id)
 
     def resolve(
         self,
@@ -165,7 +189,7 @@ class Repository:
         ------
         DatasetNotFoundError, VersionNotFoundError, InvalidInputError
         """
-        self.db.dataset(name)
+        self._reads.dataset(name)
         if as_of is not None:
             if version is not None:
                 raise InvalidInputError("Give either a version or as_of, not both")
@@ -176,22 +200,22 @@ class Repository:
                     f"Dataset {name!r} had no version on branch {branch or MAIN_BRANCH!r} "
                     f"at {when.isoformat()}"
                 )
-            return self.db.snapshot(snap_id)
+            return self._reads.snapshot(snap_id)
         if version is None:
             return self.head(name, branch or MAIN_BRANCH)
         if not isinstance(version, str):
             version = _version_number(version)
         if isinstance(version, int) or (isinstance(version, str) and version.isdigit()):
-            snap = self.db.snapshot_by_version(name, int(version))
+            snap = self._reads.snapshot_by_version(name, int(version))
             if snap is not None:
                 return snap
             if isinstance(version, int):
                 raise VersionNotFoundError(self._no_version(name, version))
         text = str(version)
-        ref = self.db.ref(name, text)
+        ref = self._reads.ref(name, text)
         if ref is not None:
-            return self.db.snapshot(ref.snapshot_id)
-        matches = self.db.snapshots_by_id_prefix(name, text) if len(text) >= 4 else []
+            return self._reads.snapshot(ref.snapshot_id)
+        matches = self._reads.snapshots_by_id_prefix(name, text) if len(text) >= 4 else []
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -253,9 +277,9 @@ class Repository:
         return prefix
 
     def _policy(self, dataset: str | None, extra: Iterable[str] = ()) -> SourcePolicy:
-        prefixes = set(self.db.get_setting("allowed_sources", []))
+        prefixes = set(self._reads.get_setting("allowed_sources", []))
         if dataset is not None:
-            prefixes.update(self.db.sources(dataset))
+            prefixes.update(self._reads.sources(dataset))
         prefixes.update(extra)
         return SourcePolicy(tuple(sorted(prefixes)))
 
@@ -838,6 +862,8 @@ def init(
             "first, or check the URL and --storage-option settings"
         ) from exc
     try:
+        from snapref.catalog.sql import Catalog
+
         cat = Catalog.create(_catalog_url(warehouse, recorded) if catalog is None else catalog)
     except BaseException:
         warehouse.fs.rm_file(config_path)
@@ -878,7 +904,18 @@ def connect(
     catalog_url = (
         catalog or os.environ.get("SNAPREF_CATALOG") or _catalog_url(warehouse, config["catalog"])
     )
-    return Repository(warehouse, Catalog.open(catalog_url), source_options)
+    return Repository(warehouse, _open_catalog(catalog_url), source_options)
+
+
+def _open_catalog(url: str) -> Lookups:
+    """A reader of a SQLite catalog file of the current schema, the whole Catalog
+    otherwise (which migrates an older catalog, or says what is wrong)."""
+    reader = SQLiteReader.open(url)
+    if reader is not None:
+        return reader
+    from snapref.catalog.sql import Catalog
+
+    return Catalog.open(url)
 
 
 def _catalog_url(warehouse: Warehouse, recorded: str) -> str:
@@ -891,6 +928,8 @@ def _catalog_url(warehouse: Warehouse, recorded: str) -> str:
 def _absolute_file_db(url: str) -> str:
     """``sqlite:///relative.db`` or ``duckdb:///relative.duckdb`` made absolute, since
     it is recorded for every later process, whatever its working directory."""
+    import sqlalchemy as sa
+
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
@@ -908,6 +947,8 @@ def _absolute_file_db(url: str) -> str:
 
 def _without_password(url: str) -> str:
     """``url`` as it may be recorded: with no password (``URL.set`` ignores None)."""
+    import sqlalchemy as sa
+
     return sa.engine.make_url(url)._replace(password=None).render_as_string(hide_password=False)
 
 

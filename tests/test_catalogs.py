@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -233,3 +235,114 @@ def test_the_cli_takes_the_catalog_url_with_its_password(
     other = postgres.new_database()
     result = run("-R", wh, "--catalog", other, "log", "d", code=1)
     assert "not a snapref catalog" in result.output + result.stderr
+
+
+def test_a_process_that_reads_the_embedded_catalog_never_imports_sqlalchemy(
+    tmp_path: Path,
+) -> None:
+    # opening and reading versions needs a few rows, read with Python's sqlite3
+    # (snapref.catalog.lookups); the whole catalog, with SQLAlchemy, opens for a log
+    wh = str(tmp_path / "wh")
+    repo = snapref.init(wh)
+    repo.import_references("d", _refs(), message="import")
+    with repo.transaction("d", message="set chunk 3") as tx:
+        tx.fs.pipe_file("v/3", np.uint16(7).tobytes())
+    repo.tag("d", 1, "first")
+    repo.close()
+    code = f"""
+import json, sys, snapref
+g1 = snapref.open({wh!r}, "d", version=1)
+head = snapref.open({wh!r}, "d")
+tagged = snapref.open({wh!r}, "d", version="first")
+values = [int(g1["v"][3]), int(head["v"][3]), int(tagged["v"][3])]
+before = "sqlalchemy" in sys.modules
+log = [s.message for s in snapref.connect({wh!r}).log("d")]
+print(json.dumps([values, before, "sqlalchemy" in sys.modules, log]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    values, before, after, log = json.loads(out.stdout)
+    assert values == [0, 7, 0]
+    assert (before, after) == (False, True)
+    assert log == ["set chunk 3", "import"]
+
+
+def test_the_sqlite_reader_answers_as_the_catalog_does(tmp_path: Path) -> None:
+    # the same SQL text, run by Python's sqlite3 and by SQLAlchemy
+    from snapref.catalog import Catalog
+    from snapref.catalog.lookups import SQLiteReader
+
+    wh = tmp_path / "wh"
+    repo = snapref.init(str(wh))
+    first = repo.import_references("d", _refs(), message="import")
+    with repo.transaction("d", message="second") as tx:
+        tx.fs.pipe_file("v/0", np.uint16(1).tobytes())
+    repo.tag("d", 1, "v1")
+    repo.allow_source("s3://bucket/data/")
+    repo.allow_source("s3://other/", dataset="d")
+    repo.close()
+    url = f"sqlite:///{wh / 'catalog.db'}"
+    reader = SQLiteReader.open(url)
+    assert reader is not None
+    catalog = Catalog.open(url)
+    try:
+        for lookups in (reader, catalog):
+            assert lookups.schema_version() == 4
+            assert [d.name for d in lookups.datasets()] == ["d"]
+            assert lookups.dataset("d") == catalog.dataset("d")
+            assert lookups.get_setting("allowed_sources") == ["s3://bucket/data/"]
+            assert lookups.get_setting("nothing", 5) == 5
+            assert lookups.sources("d") == ["s3://other/"]
+            snap = lookups.snapshot_by_version("d", 1)
+            assert snap is not None and snap.id == first.id
+            assert (snap.message, snap.manifest, snap.parents) == (
+                "import",
+                first.manifest,
+                (),
+            )
+            assert lookups.snapshot_by_version("d", 3) is None
+            assert lookups.snapshot(first.id).version == 1
+            assert lookups.snapshots_by_id_prefix("d", first.id[:6].upper()) == [first]
+            assert lookups.snapshots_by_id_prefix("d", "zz%_") == []
+            tag = lookups.ref("d", "v1")
+            assert tag is not None and (tag.kind, tag.snapshot_id) == ("tag", first.id)
+            assert lookups.ref("d", "nope") is None
+            with pytest.raises(snapref.DatasetNotFoundError, match=r"'e'.*datasets: d"):
+                lookups.dataset("e")
+            with pytest.raises(snapref.VersionNotFoundError, match="No snapshot with id"):
+                lookups.snapshot("0" * 32)
+    finally:
+        catalog.close()
+
+
+def test_the_sqlite_reader_leaves_migration_and_odd_urls_to_the_catalog(
+    tmp_path: Path,
+) -> None:
+    from snapref.catalog.lookups import SQLiteReader
+
+    wh = tmp_path / "wh"
+    snapref.init(str(wh)).close()
+    db = wh / "catalog.db"
+    assert SQLiteReader.open(f"sqlite:///{db}") is not None
+    # a URL with options, a missing file, a file that is no catalog, an older schema:
+    # the whole Catalog opens them (it migrates, or says what is wrong)
+    assert SQLiteReader.open(f"sqlite:///{db}?timeout=5") is None
+    assert SQLiteReader.open(f"sqlite:///{tmp_path / 'missing.db'}") is None
+    assert not (tmp_path / "missing.db").exists()
+    (tmp_path / "other.db").write_bytes(b"")
+    assert SQLiteReader.open(f"sqlite:///{tmp_path / 'other.db'}") is None
+    engine = sa.create_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(sa.update(t.schema_info).values(version=3))
+    engine.dispose()
+    assert SQLiteReader.open(f"sqlite:///{db}") is None
+
+
+def test_a_catalog_file_removed_while_open_is_a_clear_error(tmp_path: Path) -> None:
+    wh = tmp_path / "wh"
+    snapref.init(str(wh)).import_references("d", _refs(), message="import")
+    repo = snapref.connect(str(wh))
+    (wh / "catalog.db").rename(tmp_path / "moved.db")
+    with pytest.raises(snapref.CatalogUnavailableError, match=r"catalog\.db does not exist"):
+        snapref.open(repo, "d", version=1)
+    assert not (wh / "catalog.db").exists()

@@ -43,7 +43,9 @@ class Engines:
 
     SQLAlchemy's advice is one long-lived engine per database: it keeps compiled
     statements and pooled connections, so opening a repository again (every
-    ``snapref.open(url, ...)`` does) costs no new connection or compilation. An engine
+    ``snapref.open(url, ...)`` on PostgreSQL or duckdb does; on a SQLite file it
+    reads through :class:`~snapref.catalog.lookups.SQLiteReader` until more is needed)
+    costs no new connection or compilation. An engine
     is disposed when the last catalog using it is closed or garbage-collected, which
     also releases a duckdb file's lock. Keys hold the process id (pooled connections
     must not cross a fork) and, for a database file, its inode (a file deleted and

@@ -25,9 +25,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["SCHEMA_VERSION", "metadata"]
+from snapref.catalog.lookups import SCHEMA_VERSION
 
-SCHEMA_VERSION = 4
+__all__ = ["SCHEMA_VERSION", "metadata"]
 
 metadata = MetaData()
 

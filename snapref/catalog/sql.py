@@ -13,6 +13,7 @@ embedded default), PostgreSQL and duckdb.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 import weakref
@@ -28,6 +29,14 @@ from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
 from snapref.catalog import schema as t
 from snapref.catalog.engine import ENGINES, safe_url
+from snapref.catalog.lookups import (
+    BRANCH,
+    MAIN_BRANCH,
+    TAG,
+    Lookups,
+    missing_catalog_file,
+    snapshot_of,
+)
 from snapref.catalog.migrate import MIGRATIONS, migrate
 from snapref.catalog.records import (
     LOG_COLUMNS,
@@ -47,16 +56,11 @@ from snapref.catalog.records import (
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
-    CatalogUnavailableError,
     ConflictError,
-    DatasetNotFoundError,
     VersionNotFoundError,
 )
 
 __all__ = ["BRANCH", "MAIN_BRANCH", "TAG", "Catalog"]
-
-BRANCH, TAG = "branch", "tag"
-MAIN_BRANCH = "main"
 
 
 class _Deferred:
@@ -79,22 +83,18 @@ class _Deferred:
         return self._rest[snapshot_id]
 
 
-#: a snapshot row's columns in the order :func:`_snapshot` expects
+#: a snapshot row's columns in the order :func:`~snapref.catalog.lookups.snapshot_of` expects
 _COLUMNS = [t.snapshots.c[n] for n in SHOWN_COLUMNS + REST_COLUMNS]
-
-
-def _snapshot(row: Any) -> Snapshot:
-    """A snapshot from a row selected with :data:`_COLUMNS`."""
-    n = len(SHOWN_COLUMNS)
-    return Snapshot(tuple(row[:n]), tuple(row[n:]))
 
 
 def new_snapshot_id() -> str:
     return uuid.uuid4().hex
 
 
-class Catalog:
-    """Typed access to the catalog tables of one repository."""
+class Catalog(Lookups):
+    """Typed access to the catalog tables of one repository. The reads that opening a
+    version needs are :class:`~snapref.catalog.lookups.Lookups`' SQL, run here through
+    SQLAlchemy."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -168,6 +168,13 @@ class Catalog:
             _obj, _func, (key,), _kw = detached
             ENGINES.release(key)
 
+    def full(self) -> Catalog:
+        return self
+
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        with self._read() as conn:
+            return list(conn.execute(_text(sql), params).cursor.fetchall())
+
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
@@ -183,35 +190,12 @@ class Catalog:
 
     # -- settings ----------------------------------------------------------------------
 
-    def get_setting(self, key: str, default: Any = None) -> Any:
-        with self._read() as conn:
-            value = conn.execute(
-                sa.select(t.settings.c.value).where(t.settings.c.key == key)
-            ).scalar_one_or_none()
-        return default if value is None else ujson.loads(value)
-
     def set_setting(self, key: str, value: Any) -> None:
         with self._write() as conn:
             conn.execute(sa.delete(t.settings).where(t.settings.c.key == key))
             conn.execute(sa.insert(t.settings).values(key=key, value=ujson.dumps(value)))
 
     # -- datasets ----------------------------------------------------------------------
-
-    def datasets(self) -> list[DatasetRecord]:
-        with self._read() as conn:
-            rows = conn.execute(sa.select(t.datasets).order_by(t.datasets.c.name)).all()
-        return [_dataset(r) for r in rows]
-
-    def dataset(self, name: str) -> DatasetRecord:
-        with self._read() as conn:
-            row = conn.execute(sa.select(t.datasets).where(t.datasets.c.name == name)).one_or_none()
-        if row is None:
-            known = ", ".join(d.name for d in self.datasets()) or "none yet"
-            raise DatasetNotFoundError(
-                f"No dataset {name!r} in this repository (datasets: {known}). "
-                "Create it with 'snapref import'."
-            )
-        return _dataset(row)
 
     def update_dataset(
         self,
@@ -233,15 +217,6 @@ class Catalog:
                 )
         return self.dataset(name)
 
-    def sources(self, dataset: str) -> list[str]:
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(t.dataset_sources.c.prefix)
-                .where(t.dataset_sources.c.dataset == dataset)
-                .order_by(t.dataset_sources.c.prefix)
-            ).all()
-        return [r.prefix for r in rows]
-
     def add_sources(self, dataset: str, prefixes: Iterable[str]) -> None:
         with self._write() as conn:
             self._add_sources(conn, dataset, prefixes)
@@ -261,38 +236,10 @@ class Catalog:
 
     # -- snapshots ---------------------------------------------------------------------
 
-    def snapshot(self, snapshot_id: str) -> Snapshot:
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(*_COLUMNS).where(t.snapshots.c.id == snapshot_id)
-            ).one_or_none()
-        if row is None:
-            raise VersionNotFoundError(f"No snapshot with id {snapshot_id!r}")
-        return _snapshot(row)
-
-    def snapshot_by_version(self, dataset: str, version: int) -> Snapshot | None:
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(*_COLUMNS).where(
-                    t.snapshots.c.dataset == dataset, t.snapshots.c.version == version
-                )
-            ).one_or_none()
-        return None if row is None else _snapshot(row)
-
-    def snapshots_by_id_prefix(self, dataset: str, prefix: str) -> list[Snapshot]:
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(*_COLUMNS).where(
-                    t.snapshots.c.dataset == dataset,
-                    t.snapshots.c.id.startswith(prefix, autoescape=True),
-                )
-            ).all()
-        return [_snapshot(r) for r in rows]
-
     def all_snapshots(self, dataset: str) -> dict[str, Snapshot]:
         with self._read() as conn:
             rows = conn.execute(sa.select(*_COLUMNS).where(t.snapshots.c.dataset == dataset)).all()
-        return {r.id: _snapshot(r) for r in rows}
+        return {r.id: snapshot_of(r) for r in rows}
 
     def ancestry(self, head: str, dataset: str | None = None) -> Log:
         """``head`` and its first-parent ancestors, newest first.
@@ -399,13 +346,6 @@ class Catalog:
                 sa.select(t.refs).where(t.refs.c.dataset == dataset).order_by(t.refs.c.name)
             ).all()
         return [RefRecord(r.dataset, r.name, r.kind, r.snapshot_id) for r in rows]
-
-    def ref(self, dataset: str, name: str) -> RefRecord | None:
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(t.refs).where(t.refs.c.dataset == dataset, t.refs.c.name == name)
-            ).one_or_none()
-        return None if row is None else RefRecord(row.dataset, row.name, row.kind, row.snapshot_id)
 
     def create_ref(self, dataset: str, name: str, kind: str, snapshot_id: str, author: str) -> None:
         """Create a branch or tag; a name is unique among both in one dataset."""
@@ -711,21 +651,15 @@ def _check_file_exists(url: str) -> None:
         return
     if database == ":memory:" or database.startswith("file:") or os.path.exists(database):
         return
-    raise CatalogUnavailableError(
-        f"The catalog file {database} does not exist: it was moved or deleted. Restore "
-        "it from a backup (a repository without its catalog has no versions), or give "
-        "its new place with --catalog URL ($SNAPREF_CATALOG)."
-    )
+    raise missing_catalog_file(database)
 
 
 class _Moved(Exception):
     """Internal: the compare-and-swap updated no row."""
 
 
-def _dataset(row: Any) -> DatasetRecord:
-    return DatasetRecord(
-        name=row.name,
-        created_at=parse_time(row.created_at),
-        description=row.description,
-        properties=ujson.loads(row.properties),
-    )
+@functools.cache
+def _text(sql: str) -> sa.TextClause:
+    """The SQLAlchemy form of one of :mod:`~snapref.catalog.lookups`' queries (made
+    once, so SQLAlchemy's statement cache finds it)."""
+    return sa.text(sql)
