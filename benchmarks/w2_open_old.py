@@ -3,9 +3,10 @@ warm and in a fresh process (interpreter start + imports + open + read; peak RSS
 the child's /proc/self/status).
 
 Warm is a running application: libraries imported, a new repository handle for each
-open, nothing of version 1 cached (the shard cache is emptied), while the process
-keeps its SQLAlchemy engine for the catalog as an application does (snapref shares
-one per database while any handle is open; here a handle held for the whole loop).
+open, nothing of version 1 cached (the shard cache is emptied). On the embedded
+SQLite catalog, opening a version reads its few catalog rows with Python's sqlite3,
+opening the file for each read; no SQLAlchemy engine is involved (the handle held
+for the whole loop matters on PostgreSQL or duckdb, whose engine it keeps).
 """
 
 from __future__ import annotations
