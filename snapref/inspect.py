@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from snapref.catalog.records import printable
 from snapref.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -479,8 +480,9 @@ def _empty_entries() -> pa.Table:
 
 def rows_as_text(table: pa.Table) -> list[str]:
     """A query result as aligned text lines (for the CLI): a header, a rule, one line
-    per row. Cells are shown as by :func:`text_value`, with line breaks and tabs
-    written as ``\\n`` and ``\\t`` so that every row stays one line."""
+    per row. Cells are shown as by :func:`text_value`, with line breaks, tabs and
+    other control characters written as escapes (``\\n``, ``\\t``, ``\\x1b``: see
+    :func:`~snapref.catalog.records.printable`) so that every row stays one line."""
     names = table.column_names
     columns = [
         [_one_line(text_value(v)) for v in _column_values(table, i)] for i in range(len(names))
@@ -494,7 +496,7 @@ def rows_as_text(table: pa.Table) -> list[str]:
 
 
 def _one_line(text: str) -> str:
-    return text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return printable(text)
 
 
 def rows_as_json(table: pa.Table) -> list[dict[str, Any]]:

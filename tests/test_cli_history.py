@@ -107,3 +107,37 @@ def test_query_and_graph(run: Any) -> None:
     ]
     dot = run("log", "air", "--format", "dot").output
     assert dot.startswith('digraph "air"') and dot.count(" -> ") == 2 + 2
+
+
+def test_recorded_text_cannot_drive_the_terminal(tmp_path: Path, run: Any) -> None:
+    # what someone recorded (a message, an author, a description, a property) is
+    # printed with its control characters escaped: no colour, cursor or bidi tricks
+    # reach the terminal, and one-line formats stay one line per entry
+    evil = "red\x1b[31m\rback\x00nul\u2028sep\u202erev"
+    repo = snapref.connect(str(tmp_path / "wh"))
+    with repo.transaction("air", message=f"fix\t{evil}\nsecond line", author=evil) as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][1, 1, 1] = 5
+    repo.db.update_dataset("air", description=evil, properties={"owner": evil})
+    repo.close()
+    escaped = "red\\x1b[31m\\rback\\x00nul\\u2028sep\\u202erev"
+    outputs = {
+        "log": run("log", "air").output,
+        "graph": run("log", "air", "--graph").output,
+        "blame": run("blame", "air", "temp", "1", "1", "1").output,
+        "audit": run("audit", "air").output,
+        "ls": run("ls", "--versions").output,
+        "describe": run("describe", "air").output,
+        "query": run("query", "SELECT message FROM snapshots WHERE version = 4").output,
+    }
+    for command, out in outputs.items():
+        assert not any(c in out for c in "\x1b\r\x00\u2028\u202e"), command
+        assert escaped in out or "fix\\t" + escaped in out, (command, out)
+    log = outputs["log"]
+    assert f"Author: {escaped}\n" in log
+    assert f"    fix\t{escaped}\n    second line\n" in log  # tabs kept, lines kept
+    (blamed,) = [line for line in outputs["blame"].splitlines() if line.startswith("temp/")]
+    assert f"{escaped}: fix\\t{escaped}\\nsecond line\t" in blamed  # one line
+    assert f"owner = {escaped}" in outputs["describe"]
+    # --json keeps the recorded text exactly
+    (entry, *_) = json.loads(run("log", "air", "--json").output)
+    assert entry["message"] == f"fix\t{evil}\nsecond line" and entry["author"] == evil

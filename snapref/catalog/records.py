@@ -3,6 +3,7 @@ plain Python objects made from its rows, and the time format it stores."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ __all__ = [
     "iso_now",
     "log_entry",
     "parse_time",
+    "printable",
 ]
 
 
@@ -41,6 +43,34 @@ def format_time(when: datetime) -> str:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+#: Bidirectional-text controls: shown raw, they reorder what a terminal shows
+_BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` as it may be printed on one line of a terminal: control characters
+    (``\\x1b``, ``\\r``, NUL...), line and paragraph separators and bidirectional
+    controls are written as escapes (``\\x1b``, ``\\n``, ``\\u2028``), so that
+    what someone recorded (a message, an author, a description) can neither move the
+    cursor, recolour or clear the terminal, nor break a one-line format. Characters in
+    ``keep`` (e.g. a tab) stay as they are; everything else printable, emoji
+    sequences included, is unchanged."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in keep or (
+            ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Zl", "Zp")
+        ):
+            out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+    return "".join(out)
 
 
 #: The columns ``snapref log`` shows, in the order a :class:`Snapshot` keeps them.

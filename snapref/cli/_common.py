@@ -15,7 +15,7 @@ import ujson
 import snapref
 from snapref import progress
 from snapref.catalog import Snapshot
-from snapref.catalog.records import format_time
+from snapref.catalog.records import format_time, printable
 from snapref.errors import SnapRefError
 from snapref.repository import Repository
 
@@ -211,9 +211,10 @@ def print_log_entry(snap: Snapshot) -> None:
         click.style(f"version {snap.version}", fg="yellow")
         + f"  {snap.id[:12]}  {format_time(snap.timestamp)}  [{snap.branch}]"
     )
-    click.echo(f"Author: {snap.author}")
-    for line in snap.message.splitlines() or [""]:
-        click.echo(f"    {line}".rstrip())
+    click.echo(f"Author: {printable(snap.author)}")
+    # lines are what the author typed ("\n", or "\r\n"); other breaks are escaped
+    for line in snap.message.replace("\r\n", "\n").removesuffix("\n").split("\n"):
+        click.echo(f"    {printable(line, keep=chr(9))}".rstrip())
     click.echo(
         f"    chunks +{s.get('chunks_added', 0)} ~{s.get('chunks_modified', 0)} "
         f"-{s.get('chunks_removed', 0)}, {_size(s.get('bytes_written', 0))} written"

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from snapref.catalog.records import printable
 from snapref.cli._common import (
     Context,
     author_option,
@@ -59,7 +60,8 @@ def _catalog(
 
 def _print_dataset(ds: DatasetListing) -> None:
     latest = ds.latest
-    click.echo(click.style(ds.name, bold=True) + (f"  {ds.description}" if ds.description else ""))
+    about = f"  {printable(ds.description)}" if ds.description else ""
+    click.echo(click.style(ds.name, bold=True) + about)
     click.echo(
         f"    latest: version {latest.version} ({latest.id[:12]})  "
         f"{ds.n_versions} version{'s' if ds.n_versions != 1 else ''}  "
@@ -69,10 +71,12 @@ def _print_dataset(ds: DatasetListing) -> None:
     tags = ", ".join(f"{t}@{v}" for t, v in sorted(ds.tags.items())) or "-"
     click.echo(f"    branches: {branches}  tags: {tags}")
     for key, value in sorted(ds.properties.items()):
-        click.echo(f"    {key} = {value}")
+        click.echo(printable(f"    {key} = {value}"))
     for v in ds.versions or []:
         refs = f" [{', '.join(v.refs)}]" if v.refs else ""
-        click.echo(f"      {v.version:>4}  {v.id[:12]}  {v.timestamp}  {v.message}{refs}")
+        click.echo(
+            f"      {v.version:>4}  {v.id[:12]}  {v.timestamp}  {printable(v.message)}{refs}"
+        )
 
 
 _catalog_options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
@@ -180,9 +184,9 @@ def describe(
             }
         )
         return
-    click.echo(f"{record.name}: {record.description or '(no description)'}")
+    click.echo(f"{record.name}: {printable(record.description) or '(no description)'}")
     for key, value in sorted(record.properties.items()):
-        click.echo(f"    {key} = {value}")
+        click.echo(printable(f"    {key} = {value}"))
 
 
 @cli.command()

@@ -8,6 +8,7 @@ from click.core import ParameterSource
 
 import snapref
 from snapref.catalog import BRANCH, TAG
+from snapref.catalog.records import printable
 from snapref.cli._common import (
     Context,
     author_option,
@@ -273,7 +274,7 @@ def log(obj: Context, name: str, branch: str | None, graph: bool, fmt: str, as_j
             click.echo(h.graph_dot(obj.repo(), name), nl=False)
         else:
             for line in h.graph_lines(obj.repo(), name):
-                click.echo(line)
+                click.echo(printable(line))
         return
     as_json = as_json or fmt == "json"
     history = obj.repo().log(name, branch)
@@ -322,7 +323,7 @@ def show(obj: Context, spec: str, as_json: bool) -> None:
     if snap.properties:
         click.echo("Properties:")
         for k, v in snap.properties.items():
-            click.echo(f"  {k} = {v}")
+            click.echo(printable(f"  {k} = {v}"))
     click.echo(f"Changed keys ({len(changes)}):")
     for key, op in list(changes.items())[:50]:
         click.echo(f"  {op} {key}")

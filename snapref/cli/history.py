@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from snapref.catalog.records import format_time
+from snapref.catalog.records import format_time, printable
 from snapref.cli._common import (
     Context,
     author_option,
@@ -102,7 +102,8 @@ def blame(
     for line in lines:
         s = line.snapshot
         who = (
-            f"v{s.version} {s.id[:8]} {format_time(s.timestamp)[:19]} {s.author}: {s.message}"
+            f"v{s.version} {s.id[:8]} {format_time(s.timestamp)[:19]} "
+            f"{printable(s.author)}: {printable(s.message)}"
             if s
             else "not stored (fill value)"
         )
@@ -115,7 +116,8 @@ def blame(
         click.echo(f"{line.key}\t{line.region}\t{who}\t{where}")
         for h in line.history:
             click.echo(
-                f"    v{h.version} {h.id[:8]} {format_time(h.timestamp)[:19]} {h.author}: {h.message}"
+                f"    v{h.version} {h.id[:8]} {format_time(h.timestamp)[:19]} "
+                f"{printable(h.author)}: {printable(h.message)}"
             )
 
 
@@ -322,10 +324,10 @@ def audit(obj: Context, name: str | None, as_json: bool) -> None:
     for e in entries:
         old = f"v{versions[e.old_snapshot]}" if e.old_snapshot in versions else "-"
         new = f"v{versions[e.new_snapshot]}" if e.new_snapshot in versions else "-"
-        why = f"  {e.message}" if e.message else ""
+        why = f"  {printable(e.message)}" if e.message else ""
         click.echo(
             f"{format_time(e.timestamp)[:23]}  {e.dataset}  {e.ref}  {e.action}  "
-            f"{old} -> {new}  {e.author}{why}"
+            f"{old} -> {new}  {printable(e.author)}{why}"
         )
 
 
