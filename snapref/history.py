@@ -997,19 +997,31 @@ def _labels(repo: Repository, name: str) -> dict[str, list[str]]:
 def graph_lines(repo: Repository, name: str) -> list[str]:
     """An ASCII drawing of every version of ``name`` and how branches and merges
     connect them, newest first (``*`` a version, ``|`` a line of history, ``\\`` a
-    merged branch joining, ``/`` a branch leaving its start point)."""
+    merged branch joining, ``/`` a branch leaving its start point). An edge to a lane
+    that is not the next one is drawn across the lanes between with ``-`` (``+``
+    where it crosses a line), so it is never taken for an edge of the lane beside it:
+    ``|-+-\\``."""
     snaps = sorted(repo.db.all_snapshots(name).values(), key=lambda s: -s.version)
     labels = _labels(repo, name)
     lanes: list[str | None] = []
     out: list[str] = []
 
-    def row(marks: dict[int, str]) -> str:
+    def row(marks: dict[int, str], edge_from: int | None = None) -> str:
+        """One line: ``marks`` by lane, ``|`` on the other live lanes; with
+        ``edge_from``, the one mark is an edge from that lane, bridged with ``-``
+        across the lanes between (``+`` where it crosses a line)."""
         width = max([len(lanes), *(k + 1 for k in marks)])
         cells = [
             marks.get(i, "|" if i < len(lanes) and lanes[i] is not None else " ")
             for i in range(width)
         ]
-        return " ".join(cells).rstrip()
+        gaps = [" "] * width
+        if edge_from is not None and max(marks) - edge_from > 1:
+            for i in range(edge_from, max(marks)):
+                gaps[i] = "-"
+                if i > edge_from:
+                    cells[i] = "+" if cells[i] == "|" else "-"
+        return "".join(c + g for c, g in zip(cells, gaps, strict=True)).rstrip()
 
     for snap in snaps:
         cols = [i for i, lane in enumerate(lanes) if lane == snap.id]
@@ -1019,7 +1031,7 @@ def graph_lines(repo: Repository, name: str) -> list[str]:
         col = cols[0]
         for extra in cols[1:]:
             # branches that started here: their lanes end, drawn joining this one
-            out.append(row({extra: "/"}))
+            out.append(row({extra: "/"}, edge_from=col))
             lanes[extra] = None
         refs = f" ({', '.join(labels[snap.id])})" if snap.id in labels else ""
         text = f"v{snap.version} {snap.id[:8]} {_first_line(snap.message)}{refs}"
@@ -1032,7 +1044,7 @@ def graph_lines(repo: Repository, name: str) -> list[str]:
                 free = len(lanes) - 1
             else:
                 lanes[free] = p
-            out.append(row({free: "\\"}))
+            out.append(row({free: "\\"}, edge_from=col))
         while lanes and lanes[-1] is None:
             lanes.pop()
     return out

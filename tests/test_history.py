@@ -16,7 +16,7 @@ import zarr
 
 import snapref
 from snapref.history import graph_dot, graph_lines, regions
-from tests.conftest import temp_values
+from tests.conftest import one_array_refs, temp_values
 
 # every test here runs on SQLite, PostgreSQL and duckdb catalogs (tests/conftest.py)
 pytestmark = pytest.mark.all_catalogs
@@ -408,6 +408,44 @@ def test_graph_and_log_keep_their_shape_with_any_message(air: snapref.Repository
     assert graph_lines(air, "air")[0].endswith('to the "archive" (main)')
     assert len(graph_lines(air, "air")) == 2
     assert snapref.open(air, "air", 2) is not None and air.head("air").message == message
+
+
+def test_graph_bridges_edges_to_lanes_further_away(tmp_path: Path) -> None:
+    # with a branch between them, a merge's edge (and a branch's start) to a lane two
+    # columns away is drawn across that branch, never as a lone \\ or / beside it
+    repo = snapref.init(str(tmp_path / "wh"))
+    repo.import_references("d", one_array_refs("v", 4, 1, "<u2"), message="import")
+    repo.branch("d", "a")
+    repo.branch("d", "b")
+
+    def commit(branch: str, i: int, message: str) -> str:
+        with repo.transaction("d", message=message, branch=branch) as tx:
+            tx.fs.pipe_file(f"v/{i}", np.uint16(i + 1).tobytes())
+        return repo.head("d", branch).id[:8]
+
+    on_a, on_b, on_main = (
+        commit("a", 1, "on a"),
+        commit("b", 2, "on b"),
+        commit("main", 3, "on main"),
+    )
+    merges = [repo.merge("d", "b", "main").snapshot]
+    more_a = commit("a", 0, "more a")  # branch a's line runs past the first merge
+    merges.append(repo.merge("d", "a", "main").snapshot)
+    merge_b, merge_a = (m.id[:8] for m in merges if m is not None)
+    first = repo.resolve("d", 1).id[:8]
+    assert graph_lines(repo, "d") == [
+        f"*  v7 {merge_a} Merge a into main (main)",
+        "| \\",
+        f"| *  v6 {more_a} more a (a)",
+        f"* |  v5 {merge_b} Merge b into main",
+        "|-+-\\",
+        f"* | |  v4 {on_main} on main",
+        f"| | *  v3 {on_b} on b (b)",
+        f"| * |  v2 {on_a} on a",
+        "| / |",
+        "|---/",
+        f"*  v1 {first} import",
+    ]
 
 
 def test_graph_draws_branches_and_merges(story: dict[str, Any]) -> None:
