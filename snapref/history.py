@@ -19,7 +19,6 @@ Two ideas keep it fast on long histories and big manifests:
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ujson
 
 from snapref.catalog import BRANCH, MAIN_BRANCH, Snapshot
@@ -48,6 +46,7 @@ from snapref.manifest import (
     ObjectRef,
     Ref,
     VirtualRef,
+    read_shard_table,
     ref_of,
     section_of,
 )
@@ -94,7 +93,7 @@ def _unique_shards(m: Manifest, digests: Iterable[str]) -> pa.Table | None:
     columns), read straight from the verified parquet files."""
     tables = []
     for digest in digests:
-        table = pq.read_table(io.BytesIO(m.shards.get(digest)))
+        table = read_shard_table(m.shards.get(digest))
         tables.append(
             pa.table(
                 {
@@ -600,20 +599,19 @@ class SourceUse:
         return {"url": self.url, "chunks": self.chunks, "bytes": self.bytes}
 
 
-def _shard_urls(manifest: Manifest, digest: str) -> dict[str, tuple[int, int]]:
-    """``{url: (references, bytes)}`` of the virtual references in one shard."""
-    table = pq.read_table(
-        io.BytesIO(manifest.shards.get(digest)), columns=["kind", "url", "length"]
+def _shard_urls(manifest: Manifest, digest: str) -> tuple[dict[str, tuple[int, int]], bool]:
+    """``{url: (references, bytes)}`` of the virtual references in one shard, and
+    whether it holds any warehouse object."""
+    kinds, urls, lengths = (
+        c.to_pylist()
+        for c in read_shard_table(manifest.shards.get(digest), ["kind", "url", "length"]).columns
     )
     out: dict[str, tuple[int, int]] = {}
-    kinds = table.column("kind").to_pylist()
-    urls = table.column("url").to_pylist()
-    lengths = table.column("length").to_pylist()
     for kind, url, length in zip(kinds, urls, lengths, strict=True):
         if kind == KIND_VIRTUAL:
             n, b = out.get(url, (0, 0))
             out[url] = (n + 1, b + (length or 0))
-    return out
+    return out, KIND_OBJECT in kinds
 
 
 def protocols(
@@ -627,15 +625,9 @@ def protocols(
     out: set[str] = set()
     for digest in _shard_infos(manifest):
         if digest not in seen:
-            table = pq.read_table(io.BytesIO(manifest.shards.get(digest)), columns=["kind", "url"])
-            kinds = table.column("kind").to_pylist()
-            urls = table.column("url").to_pylist()
-            found = {
-                fsspec.core.split_protocol(u)[0] or "file"
-                for k, u in zip(kinds, urls, strict=True)
-                if k == KIND_VIRTUAL
-            }
-            if KIND_OBJECT in kinds:
+            urls, has_objects = _shard_urls(manifest, digest)
+            found = {fsspec.core.split_protocol(u)[0] or "file" for u in urls}
+            if has_objects:
                 found.add(repo.warehouse.protocol)
             seen[digest] = frozenset(found)
         out |= seen[digest]
@@ -647,7 +639,7 @@ def sources(repo: Repository, snap: Snapshot) -> list[SourceUse]:
     manifest = repo.manifest(snap)
     totals: dict[str, list[int]] = {}
     for digest in _shard_infos(manifest):
-        for url, (n, b) in _shard_urls(manifest, digest).items():
+        for url, (n, b) in _shard_urls(manifest, digest)[0].items():
             t = totals.setdefault(url, [0, 0])
             t[0] += n
             t[1] += b
@@ -671,7 +663,7 @@ def snapshots_using(repo: Repository, url: str) -> list[tuple[Snapshot, SourceUs
                 if digest not in per_shard:
                     per_shard[digest] = {
                         u: v
-                        for u, v in _shard_urls(manifest, digest).items()
+                        for u, v in _shard_urls(manifest, digest)[0].items()
                         if u in wanted or any(w.endswith("/") and u.startswith(w) for w in wanted)
                     }
                 for cn, cb in per_shard[digest].values():

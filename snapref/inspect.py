@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import io
 import json
 import math
 import re
@@ -33,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from snapref.catalog.records import printable
 from snapref.errors import InvalidInputError
+from snapref.manifest import read_shard_table
 
 if TYPE_CHECKING:
     from snapref.repository import Repository, VersionSpec
@@ -317,9 +316,8 @@ class Inspector:
 
     def _shard_table(self, digest: str) -> pa.Table:
         shards = self.repo.warehouse.content("shards", ".parquet")
-        table = pq.read_table(
-            io.BytesIO(shards.get(digest)),
-            columns=["key", "kind", "digest", "url", "offset", "length"],
+        table = read_shard_table(
+            shards.get(digest), ["key", "kind", "digest", "url", "offset", "length"]
         )
         kinds = pc.take(_KINDS, table.column("kind").cast(pa.int32()))
         table = table.set_column(1, "kind", kinds)
