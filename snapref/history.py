@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import ujson
 
 from snapref.catalog import BRANCH, MAIN_BRANCH, Snapshot
-from snapref.catalog.records import format_time
+from snapref.catalog.records import format_time, printable
 from snapref.errors import (
     InvalidInputError,
     MergeConflictError,
@@ -1067,9 +1067,10 @@ def _first_line(message: str) -> str:
 
 
 def _dot_text(text: str) -> str:
-    """``text`` safe inside a double-quoted dot string: a backslash (say the last
-    character of a cut message) would escape the closing quote."""
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    """``text`` safe inside a double-quoted dot string: control characters written
+    as escapes (:func:`~snapref.catalog.records.printable`), and a backslash (say the
+    last character of a cut message) doubled, so it never escapes the closing quote."""
+    return printable(text).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def check_branch(repo: Repository, name: str, branch: str) -> None:

@@ -110,6 +110,9 @@ class Repository:
             with self._db_lock:
                 if self._db is None:
                     self._db = self._reads.full()
+                    # from now on every read goes through it too: one Repository
+                    # never reads two databases (say a catalog file replaced meanwhile)
+                    self._reads = self._db
         return self._db
 
     @property
@@ -205,8 +208,12 @@ class Repository:
             return self.head(name, branch or MAIN_BRANCH)
         if not isinstance(version, str):
             version = _version_number(version)
-        if isinstance(version, int) or (isinstance(version, str) and version.isdigit()):
-            snap = self._reads.snapshot_by_version(name, int(version))
+        # ASCII digits only: str.isdigit() also takes '²' and '٣', which int() refuses
+        # or reads as another number
+        if isinstance(version, int) or (version.isascii() and version.isdigit()):
+            number = int(version)
+            # a number beyond what SQL integers hold is no version (and no query)
+            snap = self._reads.snapshot_by_version(name, number) if number < 2**63 else None
             if snap is not None:
                 return snap
             if isinstance(version, int):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from snapref.catalog import MAIN_BRANCH, Snapshot
+from snapref.catalog.records import check_text
 from snapref.errors import ConflictError, InvalidInputError, TransactionClosedError
 from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
 from snapref.keys import is_metadata_key, same_document
@@ -99,6 +100,7 @@ def check_message(dataset: str, message: str) -> None:
             f"A version of {dataset!r} needs a message saying why it was made "
             f"(-m TEXT, message= in Python), not {message!r}"
         )
+    check_text("message", message)
 
 
 def check_name(name: str, what: str = "ref") -> None:
@@ -174,6 +176,13 @@ def commit_changes(
     from snapref import __version__
 
     check_message(dataset, message)
+    for what, text in (
+        ("author", author),
+        ("properties", properties),
+        ("description", description),
+    ):
+        if text:
+            check_text(what, text)
     changeset = changeset.without_noops(base)
     if parent is not None and not (changeset.changes or changeset.sections or merged_parents):
         return None

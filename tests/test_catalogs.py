@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -346,3 +347,60 @@ def test_a_catalog_file_removed_while_open_is_a_clear_error(tmp_path: Path) -> N
     with pytest.raises(snapref.CatalogUnavailableError, match=r"catalog\.db does not exist"):
         snapref.open(repo, "d", version=1)
     assert not (wh / "catalog.db").exists()
+
+
+def test_a_relative_catalog_url_keeps_naming_the_same_file_after_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the reader resolved the path at connect, the whole catalog (opened later for a
+    # log) against the new directory: one Repository read two catalogs, and a commit
+    # failed with "too many concurrent commits"
+    a, b = tmp_path / "a", tmp_path / "b"
+    for wh, n in ((a, 2), (b, 4)):
+        r = snapref.init(str(wh))
+        r.import_references("d", _refs(), message="import")
+        for i in range(1, n):
+            with r.transaction("d", message=f"edit {i}") as tx:
+                tx.fs.pipe_file(f"v/{i}", np.uint16(i).tobytes())
+        r.close()
+    monkeypatch.chdir(a)
+    repo = snapref.connect(str(a), catalog="sqlite:///catalog.db")
+    monkeypatch.chdir(b)
+    assert repo.head("d").version == 2
+    assert [s.version for s in repo.log("d")] == [2, 1]
+    with repo.transaction("d", message="third") as tx:
+        tx.fs.pipe_file("v/0", np.uint16(9).tobytes())
+    assert repo.head("d").version == 3
+    assert snapref.connect(str(b)).head("d").version == 4  # untouched
+    assert repo.catalog_url == f"sqlite:///{a / 'catalog.db'}"
+
+
+def test_one_repository_reads_one_catalog_file_even_if_it_is_replaced(tmp_path: Path) -> None:
+    # once the whole catalog is open, every read goes through it: a file replaced
+    # meanwhile is not half read (head from the new file, log from the old one)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for wh in (a, b):
+        snapref.init(str(wh)).import_references("d", _refs(), message=f"import {wh.name}")
+    repo = snapref.connect(str(a))
+    assert [s.message for s in repo.log("d")] == ["import a"]
+    os.replace(b / "catalog.db", a / "catalog.db")
+    assert repo.head("d").message == repo.log("d")[0].message
+
+
+def test_a_commit_whose_parent_is_not_in_the_catalog_says_so(tmp_path: Path) -> None:
+    wh = tmp_path / "wh"
+    repo = snapref.init(str(wh))
+    first = repo.import_references("d", _refs(), message="import")
+    row = {
+        "manifest": first.manifest,
+        "parents": ["f" * 32],
+        "branch": "main",
+        "author": "me",
+        "message": "from elsewhere",
+        "snapref_version": "0",
+        "properties": {},
+        "summary": {},
+    }
+    with pytest.raises(snapref.VersionNotFoundError, match=r"ffffffffffff\) is not in the catalog"):
+        repo.db.commit("d", "main", "f" * 32, row, {})
+    assert [s.message for s in repo.log("d")] == ["import"]

@@ -117,6 +117,7 @@ def test_recorded_text_cannot_drive_the_terminal(tmp_path: Path, run: Any) -> No
     repo = snapref.connect(str(tmp_path / "wh"))
     with repo.transaction("air", message=f"fix\t{evil}\nsecond line", author=evil) as tx:
         zarr.open_group(tx.store, mode="r+")["temp"][1, 1, 1] = 5
+        tx.fs.pipe_file(f"notes/{evil.replace(chr(0), '')}", b"x")  # keys may hold them too
     repo.db.update_dataset("air", description=evil, properties={"owner": evil})
     repo.close()
     escaped = "red\\x1b[31m\\rback\\x00nul\\u2028sep\\u202erev"
@@ -129,6 +130,11 @@ def test_recorded_text_cannot_drive_the_terminal(tmp_path: Path, run: Any) -> No
         "describe": run("describe", "air").output,
         "query": run("query", "SELECT message FROM snapshots WHERE version = 4").output,
     }
+    key_escaped = "notes/" + escaped.replace("\\x00", "")
+    for command, args in (("show", ["air@4"]), ("diff", ["air@3", "air@4"])):
+        out = run(command, *args).output
+        assert not any(c in out for c in "\x1b\r\u2028\u202e"), command
+        assert key_escaped in out, (command, out)
     for command, out in outputs.items():
         assert not any(c in out for c in "\x1b\r\x00\u2028\u202e"), command
         assert escaped in out or "fix\\t" + escaped in out, (command, out)

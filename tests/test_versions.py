@@ -276,3 +276,32 @@ def test_racing_writers_of_the_same_bytes_create_one_object(tmp_path: Any) -> No
     assert sum(written) == 1
     files = [p for p in (tmp_path / "objects").rglob("*") if p.is_file()]
     assert [p.read_bytes() == data for p in files] == [True]  # no temporary file left
+
+
+@pytest.mark.parametrize("spec", ["9" * 25, 10**30, "²", "①", "٣"])
+def test_numbers_no_version_can_have_are_not_found(
+    air: snapref.Repository, spec: str | int
+) -> None:
+    # beyond SQL's integers (an OverflowError from the driver before), or digits that
+    # str.isdigit() takes and int() refuses ('²') or reads as another number ('٣' = 3)
+    with pytest.raises(snapref.VersionNotFoundError, match="has no version"):
+        air.resolve("air", spec)
+
+
+def test_text_that_is_not_unicode_is_refused_before_anything_is_written(
+    air: snapref.Repository,
+) -> None:
+    # a lone surrogate (a shell argument in another encoding) could not be stored, or
+    # was stored and then broke every printing of it
+    head = air.head("air")
+    bad = "bad\udcff"
+    for kwargs in ({"message": bad}, {"message": "ok", "author": bad}):
+        with pytest.raises(snapref.InvalidInputError, match="not valid Unicode"):
+            with air.transaction("air", **kwargs) as tx:
+                zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1
+    with pytest.raises(snapref.InvalidInputError, match=r"properties .* not valid Unicode"):
+        with air.transaction("air", message="ok", properties={"k": bad}) as tx:
+            zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1
+    with pytest.raises(snapref.InvalidInputError, match=r"description .* not valid Unicode"):
+        air.db.update_dataset("air", description=bad)
+    assert air.head("air") == head and air.db.dataset("air").description == ""

@@ -152,10 +152,12 @@ class SQLiteReader(Lookups):
     created) lets these reads proceed while another process commits.
     """
 
-    def __init__(self, url: str, path: str) -> None:
-        self.url = url
-        self._uri = Path(os.path.abspath(path)).as_uri() + "?mode=rw"
-        self._path = path
+    def __init__(self, path: str) -> None:
+        # absolute: a process that changes directory, or a copy of a filesystem sent
+        # to another process, still finds this file (and the Catalog opens this one)
+        self._path = os.path.abspath(path)
+        self.url = "sqlite:///" + self._path
+        self._uri = Path(self._path).as_uri() + "?mode=rw"
 
     @classmethod
     def open(cls, url: str) -> SQLiteReader | None:
@@ -170,7 +172,7 @@ class SQLiteReader(Lookups):
         path = url[len(prefix) :]
         if not path or not os.path.isfile(path):
             return None
-        reader = cls(url, path)
+        reader = cls(path)
         try:
             version = reader.schema_version()
         except (CatalogUnavailableError, IndexError, ValueError):

@@ -11,6 +11,8 @@ from typing import Any, Protocol, overload
 
 import ujson
 
+from snapref.errors import InvalidInputError
+
 __all__ = [
     "LOG_COLUMNS",
     "REST_COLUMNS",
@@ -20,6 +22,7 @@ __all__ = [
     "RefLogEntry",
     "RefRecord",
     "Snapshot",
+    "check_text",
     "first_parent_chain",
     "format_time",
     "iso_now",
@@ -63,7 +66,7 @@ def printable(text: str, keep: str = "") -> str:
     out = []
     for ch in text:
         if ch in keep or (
-            ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Zl", "Zp")
+            ch not in _BIDI_CONTROLS and unicodedata.category(ch) not in ("Cc", "Cs", "Zl", "Zp")
         ):
             out.append(ch)
         elif ch in _ESCAPES:
@@ -71,6 +74,19 @@ def printable(text: str, keep: str = "") -> str:
         else:
             out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
     return "".join(out)
+
+
+def check_text(what: str, value: Any) -> None:
+    """Refuse recorded text (a message, an author, a description, properties) that is
+    not valid Unicode: a lone surrogate, as a shell argument in another encoding
+    becomes (``$'\\xff'``), can be neither stored as UTF-8 nor printed."""
+    try:
+        text = value if isinstance(value, str) else ujson.dumps(value, ensure_ascii=False)
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"The {what} {value!r} is not valid Unicode text ({exc}); give it in UTF-8"
+        ) from None
 
 
 #: The columns ``snapref log`` shows, in the order a :class:`Snapshot` keeps them.

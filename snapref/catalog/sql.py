@@ -32,6 +32,7 @@ from snapref.catalog.engine import ENGINES, safe_url
 from snapref.catalog.lookups import (
     BRANCH,
     MAIN_BRANCH,
+    SNAPSHOT_SQL,
     TAG,
     Lookups,
     missing_catalog_file,
@@ -47,6 +48,7 @@ from snapref.catalog.records import (
     RefLogEntry,
     RefRecord,
     Snapshot,
+    check_text,
     first_parent_chain,
     format_time,
     iso_now,
@@ -204,6 +206,8 @@ class Catalog(Lookups):
         properties: Mapping[str, Any] | None = None,
     ) -> DatasetRecord:
         """Set a dataset's description and/or replace its properties."""
+        check_text("description", description or "")
+        check_text("properties", dict(properties or {}))
         self.dataset(name)
         values: dict[str, Any] = {}
         if description is not None:
@@ -528,6 +532,7 @@ class Catalog(Lookups):
         ConflictError
             If the branch head is no longer ``expected_parent``. Nothing is recorded.
         """
+        last = ""
         for _attempt in range(5):
             try:
                 with self._write() as conn:
@@ -570,13 +575,26 @@ class Catalog(Lookups):
                     "'snapref checkout') and re-apply your changes, or commit them to a "
                     "new branch."
                 ) from None
-            except SQLIntegrityError:
-                # another branch took the same version number; count again
+            except SQLIntegrityError as exc:
+                # another branch took the same version number (count again), unless a
+                # parent is not in this catalog at all: then no retry can help
+                self._check_parents_exist(dataset, [expected_parent, *snapshot["parents"]])
+                last = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
                 continue
         raise ConflictError(
             f"Could not allocate a version number for dataset {dataset!r} after 5 tries; "
-            "too many concurrent commits. Try again."
+            f"too many concurrent commits ({last}). Try again."
         )
+
+    def _check_parents_exist(self, dataset: str, parents: Iterable[str]) -> None:
+        for parent in dict.fromkeys(parents):
+            if not self._rows(SNAPSHOT_SQL, {"id": parent}):
+                raise VersionNotFoundError(
+                    f"The version this commit starts from ({parent[:12]}) is not in the "
+                    f"catalog {safe_url(self.url)}, so nothing was committed to "
+                    f"{dataset!r}: was the catalog file replaced or restored since it was "
+                    "read? Open the repository again and start from its current head."
+                )
 
     def _insert_snapshot(
         self,

@@ -23,6 +23,7 @@ __all__ = [
     "Context",
     "author_option",
     "cli",
+    "echo_text",
     "emit_json",
     "handle_errors",
     "json_option",
@@ -203,6 +204,13 @@ def print_snapshot(snap: Snapshot, as_json: bool, verb: str) -> None:
         f"+{s.get('chunks_added', 0)} ~{s.get('chunks_modified', 0)} "
         f"-{s.get('chunks_removed', 0)} chunks, {_size(s.get('bytes_written', 0))} written"
     )
+
+
+def echo_text(line: str) -> None:
+    """Print a line made of recorded text (keys, URLs, regions, messages) with its
+    control characters escaped (:func:`~snapref.catalog.records.printable`); tabs
+    stay, as field separators."""
+    click.echo(printable(line, keep="\t"))
 
 
 def print_log_entry(snap: Snapshot) -> None:

@@ -13,6 +13,7 @@ from snapref.cli._common import (
     Context,
     author_option,
     cli,
+    echo_text,
     emit_json,
     handle_errors,
     json_option,
@@ -315,20 +316,20 @@ def show(obj: Context, spec: str, as_json: bool) -> None:
         emit_json(info)
         return
     print_log_entry(snap)
-    click.echo(f"Refs:     {', '.join(info['refs']) or '-'}")
-    click.echo(f"Sources:  {', '.join(info['sources']) or '-'}")
-    click.echo(f"Manifest: {snap.manifest[:12]}  {info['keys']} keys in {info['shards']} shards")
+    echo_text(f"Refs:     {', '.join(info['refs']) or '-'}")
+    echo_text(f"Sources:  {', '.join(info['sources']) or '-'}")
+    echo_text(f"Manifest: {snap.manifest[:12]}  {info['keys']} keys in {info['shards']} shards")
     for array, count in info["arrays"].items():
-        click.echo(f"  {array or '/'}: {count} chunk references")
+        echo_text(f"  {array or '/'}: {count} chunk references")
     if snap.properties:
-        click.echo("Properties:")
+        echo_text("Properties:")
         for k, v in snap.properties.items():
-            click.echo(printable(f"  {k} = {v}"))
-    click.echo(f"Changed keys ({len(changes)}):")
+            echo_text(f"  {k} = {v}")
+    echo_text(f"Changed keys ({len(changes)}):")
     for key, op in list(changes.items())[:50]:
-        click.echo(f"  {op} {key}")
+        echo_text(f"  {op} {key}")
     if len(changes) > 50:
-        click.echo(f"  ... and {len(changes) - 50} more (see --json)")
+        echo_text(f"  ... and {len(changes) - 50} more (see --json)")
 
 
 @cli.command()

@@ -9,6 +9,7 @@ from snapref.cli._common import (
     Context,
     author_option,
     cli,
+    echo_text,
     emit_json,
     handle_errors,
     json_option,
@@ -49,7 +50,7 @@ def diff(obj: Context, old: str, new: str, as_json: bool) -> None:
     if as_json:
         emit_json(d.to_json())
         return
-    click.echo(f"diff {name} version {d.old.version} -> {d.new.version}")
+    echo_text(f"diff {name} version {d.old.version} -> {d.new.version}")
     for label, items in (
         ("array added", d.arrays_added),
         ("array removed", d.arrays_removed),
@@ -57,19 +58,19 @@ def diff(obj: Context, old: str, new: str, as_json: bool) -> None:
         ("group removed", d.groups_removed),
     ):
         for path in items:
-            click.echo(f"{label}: {path or '/'}")
+            echo_text(f"{label}: {path or '/'}")
     for key, fields in d.metadata.items():
-        click.echo(f"metadata {key}:")
+        echo_text(f"metadata {key}:")
         for f, (a, b) in fields.items():
-            click.echo(f"    {f or '(document)'}: {a!r} -> {b!r}")
+            echo_text(f"    {f or '(document)'}: {a!r} -> {b!r}")
     for array, ch in d.chunks.items():
-        click.echo(
+        echo_text(
             f"array {array or '/'}: +{len(ch.added)} ~{len(ch.modified)} -{len(ch.removed)} chunks"
         )
         for region in ch.regions:
-            click.echo(f"    {region}")
+            echo_text(f"    {region}")
     for key, op in d.other.items():
-        click.echo(f"{op} {key}")
+        echo_text(f"{op} {key}")
     if d.is_empty:
         click.echo("no changes")
 
@@ -113,9 +114,9 @@ def blame(
             where = f"object {line.digest[:12] if line.digest else ''} ({line.length} B)"
         else:
             where = line.kind
-        click.echo(f"{line.key}\t{line.region}\t{who}\t{where}")
+        echo_text(f"{line.key}\t{line.region}\t{who}\t{where}")
         for h in line.history:
-            click.echo(
+            echo_text(
                 f"    v{h.version} {h.id[:8]} {format_time(h.timestamp)[:19]} "
                 f"{printable(h.author)}: {printable(h.message)}"
             )
@@ -152,7 +153,7 @@ def sources(obj: Context, spec: str | None, url: str | None, as_json: bool) -> N
             emit_json(rows)
         else:
             for r in rows:
-                click.echo(f"{r['dataset']}@{r['version']}\t{r['chunks']} chunks\t{r['bytes']} B")
+                echo_text(f"{r['dataset']}@{r['version']}\t{r['chunks']} chunks\t{r['bytes']} B")
         return
     if spec is None:
         raise click.UsageError("Give NAME[@VERSION] or --url URL")
@@ -162,7 +163,7 @@ def sources(obj: Context, spec: str | None, url: str | None, as_json: bool) -> N
         emit_json([u.to_json() for u in uses])
         return
     for u in uses:
-        click.echo(f"{u.url}\t{u.chunks} chunks\t{u.bytes} B")
+        echo_text(f"{u.url}\t{u.chunks} chunks\t{u.bytes} B")
 
 
 @cli.command()
