@@ -26,7 +26,7 @@ from zarr.storage import FsspecStore
 
 from snapref import progress
 from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Log, Lookups, RefRecord, Snapshot
-from snapref.catalog.lookups import SQLiteReader
+from snapref.catalog.lookups import SQLiteReader, sqlite_url
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
@@ -929,7 +929,7 @@ def _catalog_url(warehouse: Warehouse, recorded: str) -> str:
     if "://" in recorded:
         return recorded
     # an embedded catalog, recorded relative to the warehouse so the folder can move
-    return "sqlite:///" + posixpath.join(warehouse.root, recorded)
+    return sqlite_url(posixpath.join(warehouse.root, recorded))
 
 
 def _absolute_file_db(url: str) -> str:

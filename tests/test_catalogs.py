@@ -404,3 +404,19 @@ def test_a_commit_whose_parent_is_not_in_the_catalog_says_so(tmp_path: Path) -> 
     with pytest.raises(snapref.VersionNotFoundError, match=r"ffffffffffff\) is not in the catalog"):
         repo.db.commit("d", "main", "f" * 32, row, {})
     assert [s.message for s in repo.log("d")] == ["import"]
+
+
+@pytest.mark.parametrize("folder", ["q?a", "pct%20y", "a%b", "sp ace#h", "ü😀"])
+def test_the_embedded_catalog_stays_inside_any_warehouse_folder(
+    tmp_path: Path, folder: str
+) -> None:
+    # its URL is percent-encoded: a '?' started the URL's options (the catalog was made
+    # at tmp_path/'q', outside the warehouse) and '%20' was read as a space
+    wh = tmp_path / folder / "wh"
+    made = snapref.init(str(wh))
+    made.import_references("d", _refs(), message="import")
+    made.close()
+    assert (wh / "catalog.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [folder]
+    repo = snapref.connect(str(wh))
+    assert repo.head("d").version == 1 and repo.log("d")[0].message == "import"

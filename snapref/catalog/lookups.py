@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import ujson
 
@@ -74,6 +75,13 @@ def snapshot_of(row: Sequence[Any]) -> Snapshot:
 def dataset_of(row: Sequence[Any]) -> DatasetRecord:
     name, created_at, description, properties = row
     return DatasetRecord(name, parse_time(created_at), description, ujson.loads(properties))
+
+
+def sqlite_url(path: str) -> str:
+    """The SQLAlchemy URL of the SQLite file ``path``. The path is percent-encoded, as
+    SQLAlchemy decodes it: a ``?`` would otherwise start the URL's options and a
+    ``%20`` stand for a space."""
+    return "sqlite:///" + quote(path, safe="/")
 
 
 def missing_catalog_file(path: str) -> CatalogUnavailableError:
@@ -156,20 +164,20 @@ class SQLiteReader(Lookups):
         # absolute: a process that changes directory, or a copy of a filesystem sent
         # to another process, still finds this file (and the Catalog opens this one)
         self._path = os.path.abspath(path)
-        self.url = "sqlite:///" + self._path
+        self.url = sqlite_url(self._path)
         self._uri = Path(self._path).as_uri() + "?mode=rw"
 
     @classmethod
     def open(cls, url: str) -> SQLiteReader | None:
         """A reader of the catalog at ``url``, or None where a full
         :class:`~snapref.catalog.sql.Catalog` must open it: not a plain
-        ``sqlite:///PATH`` URL, a missing file, an older schema to migrate (or a newer
-        one), or a file that is not a snapref catalog. The Catalog then migrates, or
-        says what is wrong."""
+        ``sqlite:///PATH`` URL (one with options), a missing file, an older schema to
+        migrate (or a newer one), or a file that is not a snapref catalog. The Catalog
+        then migrates, or says what is wrong."""
         prefix = "sqlite:///"
-        if not url.startswith(prefix) or "?" in url or "%" in url:
+        if not url.startswith(prefix) or "?" in url:
             return None
-        path = url[len(prefix) :]
+        path = unquote(url[len(prefix) :])  # as SQLAlchemy reads the database part
         if not path or not os.path.isfile(path):
             return None
         reader = cls(path)
