@@ -162,15 +162,21 @@ def run_child(code: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     (~40-80 ms) while zarr, numpy and the other libraries load compiled code.
     """
     compile_sources()
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-    wall = time.perf_counter() - t0
+    for attempt in (1, 2):
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
+        wall = time.perf_counter() - t0
+        if out.returncode >= 0 or attempt == 2:
+            break
+        # killed by a signal: once, an Icechunk child crashed (SIGSEGV) at interpreter
+        # exit, after printing its result; run it again rather than lose the workload
+        print(f"  (a child died of signal {-out.returncode}; running it again)", file=sys.stderr)
     if out.returncode != 0:
         raise RuntimeError(
             f"child failed with exit code {out.returncode}:\n{out.stdout[-1500:]}\n"
