@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 import time
 import types
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,12 @@ def check_name(name: str, what: str = "ref") -> None:
         raise InvalidInputError(
             f"Invalid {what} name {name!r}: use letters, digits, '-', '_' and '.' ('.' "
             "and '-' not first), and not only digits (those are version numbers)"
+        )
+    if not unicodedata.is_normalized("NFKC", name):
+        # names are compared exactly: two spellings that look alike would be two datasets
+        raise InvalidInputError(
+            f"Invalid {what} name {name!r}: it has characters with a simpler standard "
+            f"form (Unicode NFKC); use {unicodedata.normalize('NFKC', name)!r}"
         )
 
 

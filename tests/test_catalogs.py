@@ -219,6 +219,33 @@ def test_a_missing_catalog_file_is_reported_not_created(tmp_path: Path) -> None:
     assert snapref.connect(str(wh), catalog=elsewhere).datasets() == []
 
 
+def test_a_file_that_is_no_catalog_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    # pointing --catalog at the wrong file must not change it: opening a catalog
+    # switches SQLite to WAL (a change to the file's header, and -wal/-shm files)
+    import sqlite3
+
+    wh = tmp_path / "wh"
+    snapref.init(str(wh)).close()
+    other = tmp_path / "app.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE users (name TEXT)")
+    conn.execute("INSERT INTO users VALUES ('ada')")
+    conn.commit()
+    conn.close()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    text = tmp_path / "notes.db"
+    text.write_text("not a database")
+    for path in (other, empty, text):
+        before = path.read_bytes()
+        with pytest.raises(snapref.CatalogSchemaError, match=r"is not a snapref catalog"):
+            snapref.connect(str(wh), catalog=f"sqlite:///{path}")
+        assert path.read_bytes() == before, path
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(path.name)) == [
+            path.name
+        ]
+
+
 def test_the_cli_takes_the_catalog_url_with_its_password(
     tmp_path: Path, postgres: Any, run: Any
 ) -> None:

@@ -307,12 +307,22 @@ def test_names_are_checked(air: snapref.Repository) -> None:
         with pytest.raises(snapref.InvalidInputError, match="letters, digits"):
             air.import_references(name, {".zgroup": "{}"})
     assert air.datasets() == ["air"]
+    # two spellings of one name that look alike would be two datasets: only the
+    # standard form (NFKC) is taken, and the error offers it
+    for name, plain in (("\uff21ir", "Air"), ("\u1112\u1161\u11ab", "\ud55c")):
+        with pytest.raises(snapref.InvalidInputError, match=f"use '{plain}'"):
+            air.import_references(name, {".zgroup": "{}"})
+        with pytest.raises(snapref.InvalidInputError, match=f"use '{plain}'"):
+            air.branch("air", name)
+    assert air.datasets() == ["air"]
+    air.import_references("\ud55c", {".zgroup": "{}"})
     air.import_references("sea-surface_temp.v2", {".zgroup": "{}"})
     air.tag("air", 1, "v1")
     with pytest.raises(snapref.AlreadyExistsError, match="tag named 'v1'"):
         air.tag("air", 1, "v1")
     with pytest.raises(snapref.AlreadyExistsError, match="exists already"):
         air.import_references("air", {".zgroup": "{}"})
+    assert air.datasets() == ["air", "sea-surface_temp.v2", "\ud55c"]
 
 
 def test_crash_before_the_swap_leaves_the_old_version(

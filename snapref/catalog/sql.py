@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -132,6 +134,7 @@ class Catalog(Lookups):
     def open(cls, url: str) -> Catalog:
         """Connect to an existing catalog and check its schema version."""
         _check_file_exists(url)  # SQLite and duckdb would create an empty one
+        _check_sqlite_file_is_catalog(url)  # before the engine switches it to WAL
         catalog = cls(url)
         engine = catalog.engine
         try:
@@ -139,11 +142,7 @@ class Catalog(Lookups):
                 version = conn.execute(sa.select(t.schema_info.c.version)).scalar_one()
         except sa.exc.SQLAlchemyError as exc:
             catalog.close()
-            raise CatalogSchemaError(
-                f"{safe_url(url)} is not a snapref catalog ({exc.__class__.__name__}). "
-                "Check the --catalog URL; a new repository gets its catalog from "
-                "'snapref init'."
-            ) from exc
+            raise _not_a_catalog(url, exc.__class__.__name__) from exc
         if version in MIGRATIONS and version < t.SCHEMA_VERSION:
             # an older catalog is upgraded in place, in one transaction
             # (catalog_schemas/migrations/README.md)
@@ -670,6 +669,38 @@ def _check_file_exists(url: str) -> None:
     if database == ":memory:" or database.startswith("file:") or os.path.exists(database):
         return
     raise missing_catalog_file(database)
+
+
+def _check_sqlite_file_is_catalog(url: str) -> None:
+    """Refuse a SQLite file without snapref's tables before opening it for writing:
+    the engine's first connection switches the file to WAL, a change to someone
+    else's database (or a new header in an empty file)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return  # Catalog() reports a malformed URL
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or not os.path.isfile(path):
+        return  # not a SQLite file: the engine's connection says what is wrong
+    try:
+        conn = sqlite3.connect(Path(os.path.abspath(path)).as_uri() + "?mode=ro", uri=True)
+        try:
+            conn.execute(f"SELECT version FROM {t.schema_info.name}").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            raise _not_a_catalog(url, str(exc)) from exc
+        # locked, unreadable, ...: the engine's connection reports it as before
+    except sqlite3.DatabaseError as exc:  # "file is not a database"
+        raise _not_a_catalog(url, str(exc)) from exc
+
+
+def _not_a_catalog(url: str, reason: str) -> CatalogSchemaError:
+    return CatalogSchemaError(
+        f"{safe_url(url)} is not a snapref catalog ({reason}). "
+        "Check the --catalog URL; a new repository gets its catalog from 'snapref init'."
+    )
 
 
 class _Moved(Exception):
