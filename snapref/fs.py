@@ -652,6 +652,14 @@ class SnapshotStore(FsspecStore):
         fs = fs.read_only_view() if read_only else fs.writable()
         super().__init__(fs, read_only=read_only, path=path, allowed_exceptions=allowed_exceptions)
 
+    @property
+    def supports_consolidated_metadata(self) -> bool:
+        """False: a version's metadata is listed from its manifest, and a consolidated
+        copy would go stale with the next edit (see
+        :func:`snapref.keys.without_consolidated`). zarr and xarray then neither write
+        nor look for it, as with Icechunk's store."""
+        return False
+
     def with_read_only(self, read_only: bool = False) -> SnapshotStore:
         return type(self)(
             self.fs, read_only=read_only, path=self.path, allowed_exceptions=self.allowed_exceptions

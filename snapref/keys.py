@@ -6,6 +6,7 @@ them: ``.zgroup``, ``temp/.zarray``, ``temp/3.4``, ``temp/zarr.json``, ``temp/c/
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 
@@ -20,6 +21,7 @@ __all__ = [
     "is_metadata_key",
     "node_path",
     "validate_key",
+    "without_consolidated",
 ]
 
 #: File names that hold zarr metadata (v2 and v3). They are small JSON documents kept
@@ -88,6 +90,28 @@ def same_document(a: bytes, b: bytes) -> bool:
     saves an array's attributes, and that is no change of the array."""
     canonical = canonical_json(a)
     return canonical is not None and canonical == canonical_json(b)
+
+
+def without_consolidated(key: str, data: bytes) -> bytes | None:
+    """What snapref records of the metadata document ``data`` at ``key``: nothing of
+    zarr v2's consolidated ``.zmetadata``, and a v3 group's ``zarr.json`` without its
+    ``consolidated_metadata``. Both are copies of the documents beside them: the next
+    edit that does not consolidate again leaves them stale (zarr would then read the
+    old shapes and append over data), and two branches that each consolidate would
+    conflict on them in every merge. The manifest lists metadata quickly anyway."""
+    name = posixpath.basename(key)
+    if name == ".zmetadata":
+        return None
+    if name != "zarr.json" or b"consolidated_metadata" not in data:
+        return data
+    try:
+        doc = json.loads(data)  # json, not ujson: floats (fill values) come back exact
+    except ValueError:
+        return data
+    if not isinstance(doc, dict) or doc.get("consolidated_metadata") is None:
+        return data
+    del doc["consolidated_metadata"]
+    return json.dumps(doc, indent=2).encode()
 
 
 def node_path(key: str) -> str:

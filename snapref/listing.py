@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -298,6 +299,7 @@ def _source(
         "dataset_properties": ds.properties,
         "repository": repo.url,
     }
+    metadata = _literal(metadata)
     if remote_protocol is None:
         args: dict[str, Any] = {
             "urlpath": f"snapref://{ds.name}@{v.id}",
@@ -321,6 +323,27 @@ def _source(
         "args": args,
         "metadata": metadata,
     }
+
+
+#: what Jinja2 reads as a template in text (Intake renders an entry's metadata)
+_TEMPLATE_MARKS = ("{{", "{%", "{#")
+_END_RAW = re.compile(r"\{%[-+]?\s*endraw\s*[-+]?%\}")
+
+
+def _literal(value: Any) -> Any:
+    """``value`` with each text that Jinja2 would take for a template wrapped in
+    ``{% raw %}``: Intake renders every string of an entry's metadata when it opens
+    the entry, so a message such as "fill {{ name }}" lost its words, "{{ env('HOME')
+    }}" became a path, and an unbalanced "{{" made the entry impossible to open."""
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    if not isinstance(value, str) or not any(m in value for m in _TEMPLATE_MARKS):
+        return value
+    # an endraw inside the text would end the raw block: it is written as an expression
+    body = _END_RAW.sub(lambda m: "{% endraw %}{{ '" + m[0] + "' }}{% raw %}", value)
+    return "{% raw %}" + body + "{% endraw %}"
 
 
 def _write_refs(

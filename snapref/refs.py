@@ -14,7 +14,7 @@ import itertools
 import os
 import posixpath
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -210,7 +210,7 @@ def _parse_entry(key: str, value: Any, templates: Mapping[str, str], base: str |
         url = value[0]
         if not isinstance(url, str) or not url:
             raise InvalidReferenceError(f"Key {key!r}: the URL must be a non-empty string")
-        url = _render(url, templates)
+        url = _render(url, templates, f"Key {key!r}")
         if len(value) == 1:
             return VirtualRef(normalize_url(url, base))
         offset, length = value[1], value[2]
@@ -230,7 +230,9 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _render(text: str, variables: Mapping[str, Any]) -> str:
+def _render(text: str, variables: Mapping[str, Any], where: str) -> str:
+    """``text`` with its ``{{ name }}`` templates filled from ``variables``; a name
+    that is not defined is an error (as in fsspec), never an empty string."""
     if "{{" not in text:
         return text
     if all(isinstance(v, str) and "{{" not in v for v in variables.values()):
@@ -244,42 +246,63 @@ def _render(text: str, variables: Mapping[str, Any]) -> str:
             return out
     import jinja2.sandbox
 
-    return jinja2.sandbox.SandboxedEnvironment().from_string(text).render(**variables)
+    env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    try:
+        return env.from_string(text).render(**variables)
+    except jinja2.TemplateError as exc:
+        fix = (
+            "Define each {{ name }} it uses in the reference set's 'templates'."
+            if isinstance(exc, jinja2.UndefinedError)
+            else "Fix its {{ }} syntax."
+        )
+        raise InvalidReferenceError(
+            f"{where}: cannot fill in the template {text!r} ({exc}). {fix}"
+        ) from None
 
 
 def _expand_gen(gens: Iterable[Any], templates: Mapping[str, str]) -> Iterable[tuple[str, Any]]:
     """Entries of the ``gen`` section: one per point of each generator's dimensions."""
     for gen in gens:
         try:
-            dims = {
-                name: (
-                    spec
-                    if isinstance(spec, list)
-                    else range(spec.get("start", 0), spec["stop"], spec.get("step", 1))
-                )
-                for name, spec in gen["dimensions"].items()
-            }
+            specs = gen["dimensions"].items()
             key_t, url_t = gen["key"], gen["url"]
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError):
             raise InvalidReferenceError(
                 f"Malformed 'gen' entry {gen!r}: needs 'key', 'url' and 'dimensions'"
-            ) from exc
+            ) from None
+        dims = {name: _gen_values(gen, name, spec) for name, spec in specs}
         if ("offset" in gen) != ("length" in gen):
             raise InvalidReferenceError(
                 f"Malformed 'gen' entry {gen!r}: give both 'offset' and 'length', or neither"
             )
+        where = f"'gen' entry {gen!r}"
         for values in itertools.product(*dims.values()):
             env = {**templates, **dict(zip(dims, values, strict=True))}
-            key = _render(key_t, env)
-            url = _render(url_t, env)
+            key = _render(str(key_t), env, where)
+            url = _render(str(url_t), env, where)
             if "offset" in gen:
-                yield (
-                    key,
-                    [
-                        url,
-                        int(_render(str(gen["offset"]), env)),
-                        int(_render(str(gen["length"]), env)),
-                    ],
-                )
+                offset, length = (_render(str(gen[n]), env, where) for n in ("offset", "length"))
+                if not (offset.isdigit() and length.isdigit()):
+                    raise InvalidReferenceError(
+                        f"Key {key!r} of {where}: offset and length must be non-negative "
+                        f"integers, got {offset!r} and {length!r}"
+                    )
+                yield key, [url, int(offset), int(length)]
             else:
                 yield key, [url]
+
+
+def _gen_values(gen: Any, name: str, spec: Any) -> Sequence[Any]:
+    """The values of dimension ``name`` of a ``gen`` entry: a list as given, or the
+    integers of ``{"start", "stop", "step"}`` (start 0 and step 1 by default)."""
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, Mapping) and "stop" in spec:
+        bounds = (spec.get("start", 0), spec["stop"], spec.get("step", 1))
+        if all(isinstance(b, int) and not isinstance(b, bool) for b in bounds) and bounds[2]:
+            return range(*bounds)
+    raise InvalidReferenceError(
+        f"Malformed 'gen' entry {gen!r}: dimension {name!r} must be a list of values or "
+        "{'start': INT, 'stop': INT, 'step': INT} (start and step optional, step not 0), "
+        f"not {spec!r}"
+    )

@@ -22,6 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import ujson
 import zarr
+from zarr.errors import (
+    ArrayNotFoundError,
+    ContainsArrayError,
+    ContainsGroupError,
+    GroupNotFoundError,
+)
 from zarr.storage import FsspecStore
 
 from snapref import progress
@@ -671,9 +677,24 @@ class Repository:
         fs = self.filesystem(name, version, asynchronous=True, **kw)
         return SnapshotStore(fs, read_only=True)
 
-    def open(self, name: str, version: VersionSpec = None, **kw: Any) -> zarr.Group:
-        """Version ``version`` of ``name`` as a read-only zarr Group."""
-        return zarr.open_group(self.store(name, version, **kw), mode="r")
+    def open(self, name: str, version: VersionSpec = None, **kw: Any) -> zarr.Group | zarr.Array:
+        """Version ``version`` of ``name`` as a read-only zarr Group, or Array if the
+        dataset's root is an array (an ingested array store), as ``zarr.open`` does."""
+        store = self.store(name, version, **kw)
+        try:
+            return zarr.open_group(store, mode="r")
+        except (ContainsArrayError, GroupNotFoundError):
+            pass
+        try:
+            return zarr.open_array(store, mode="r")
+        except (ArrayNotFoundError, ContainsGroupError):
+            which = f"{name}@{version}" if version is not None else name
+            raise NotFoundError(
+                f"{which} holds no zarr group or array at its "
+                "root (no .zgroup, .zarray or zarr.json); open a node below it with "
+                f"zarr.open(repo.store({name!r}, ...), path=...), or read its keys with "
+                "repo.filesystem()"
+            ) from None
 
     def open_dataset(
         self,
@@ -971,8 +992,9 @@ def open(  # noqa: A001 - mirrors zarr.open / xarray.open_dataset
     as_of: datetime | str | None = None,
     branch: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
-) -> zarr.Group:
-    """Open one version of a dataset as a read-only zarr Group.
+) -> zarr.Group | zarr.Array:
+    """Open one version of a dataset as a read-only zarr Group (an Array if the
+    dataset's root is an array).
 
     ``version`` is a version number, tag, branch, or snapshot id (prefix); ``as_of``
     picks the version current at a time; neither means the head of ``main``.

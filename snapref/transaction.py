@@ -14,6 +14,7 @@ behind; a crash during it is rolled back by the database.
 
 from __future__ import annotations
 
+import posixpath
 import random
 import time
 import types
@@ -26,7 +27,7 @@ from snapref.catalog import MAIN_BRANCH, Snapshot
 from snapref.catalog.records import check_text
 from snapref.errors import ConflictError, InvalidInputError, TransactionClosedError
 from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
-from snapref.keys import is_metadata_key, same_document
+from snapref.keys import is_metadata_key, same_document, without_consolidated
 from snapref.manifest import (
     InlineRef,
     Manifest,
@@ -76,12 +77,25 @@ class ChangeSet:
 
     def without_noops(self, base: Manifest) -> ChangeSet:
         """The changes that really differ from ``base`` (and only their objects); a
-        metadata document rewritten with the same JSON value is no change."""
+        metadata document rewritten with the same JSON value is no change, and zarr's
+        consolidated metadata is not recorded (:func:`~snapref.keys.without_consolidated`)."""
+        changes = self.changes
+        if any(is_metadata_key(k) for k in changes):
+            changes = {}
+            for k, r in self.changes.items():
+                if isinstance(r, InlineRef) and is_metadata_key(k):
+                    data = without_consolidated(k, r.data)
+                    if data is None:
+                        continue
+                    r = r if data is r.data else InlineRef(data)
+                elif r is not None and posixpath.basename(k) == ".zmetadata":
+                    continue
+                changes[k] = r
         real: dict[str, Ref | None]
         if base.is_empty:
-            real = {k: r for k, r in self.changes.items() if r is not None}
+            real = {k: r for k, r in changes.items() if r is not None}
         else:
-            real = {k: r for k, r in self.changes.items() if not _same(k, base.get(k), r)}
+            real = {k: r for k, r in changes.items() if not _same(k, base.get(k), r)}
         needed = {r.digest for r in real.values() if isinstance(r, ObjectRef)}
         return ChangeSet(
             real,

@@ -67,9 +67,11 @@ def test_blog_workflow(run: Any, tmp_path: Path, kerchunk_refs: dict[str, Any]) 
     expected[1, 0:4, 0:4] /= 2
     np.testing.assert_array_equal(snapref.open(repo, "air", 3)["temp"][:], expected)
 
-    shown = json.loads(run("show", "air@2", "--json").output)
+    out = run("show", "air@2", "--json").output
+    shown = json.loads(out)
     assert shown["changes"] == {"temp/0.0.0": "M"}
     assert shown["sources"] == [f"file://{tmp_path}/source/"]
+    assert f'"file://{tmp_path}/source/"' in out  # URLs as written, not file:\/\/
     assert "Changed keys (1)" in run("show", "air@2").output
 
 

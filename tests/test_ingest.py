@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,59 @@ def test_ingest_a_store_then_a_changed_copy(
     # the same store again: nothing to record
     third = ingest(repo, "grid", str(src))
     assert third.snapshot is None and third.objects_written == 0
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_consolidated_metadata_is_not_recorded_so_it_never_goes_stale(
+    repo: snapref.Repository, tmp_path: Path, zarr_format: int
+) -> None:
+    # a store as xarray writes it by default: consolidated. Kept as it was, the copy
+    # hid every later append from zarr and xarray, and a second append wrote over the
+    # first (zarr read the ingested shape)
+    import xarray as xr
+
+    src = tmp_path / "src.zarr"
+    ds = xr.Dataset({"t": (("time", "x"), np.arange(8.0).reshape(4, 2))})
+    ds.to_zarr(src, zarr_format=zarr_format, consolidated=True)
+    ingest(repo, "grid", str(src), message="ingest")
+    refs = repo.to_references("grid")["refs"]
+    assert not [k for k in refs if k.endswith(".zmetadata")]
+    root = json.loads(refs["zarr.json"]) if zarr_format == 3 else json.loads(refs[".zgroup"])
+    assert "consolidated_metadata" not in root and root["zarr_format"] == zarr_format
+    for rows in ([10.0, 11.0], [20.0, 21.0]):
+        with repo.transaction("grid", message="append") as tx:
+            zarr.open_group(tx.store, mode="r+")["t"].append(np.array([rows]))
+    expected = np.concatenate([ds.t.values, [[10.0, 11.0]], [[20.0, 21.0]]])
+    np.testing.assert_array_equal(snapref.open(repo, "grid")["t"][:], expected)
+    opts = {"repo": str(repo.warehouse.url)}
+    with warnings.catch_warnings():  # xarray looks for .zmetadata, then warns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with xr.open_zarr("snapref://grid", storage_options=opts) as back:
+            np.testing.assert_array_equal(back.t.values, expected)
+    # xarray's default write (consolidated) through a transaction records no copy either
+    with repo.transaction("grid", message="rewrite") as tx:
+        (ds * 2).to_zarr(tx.store, mode="w", zarr_format=zarr_format)
+    assert not [k for k in repo.to_references("grid")["refs"] if k.endswith(".zmetadata")]
+    np.testing.assert_array_equal(snapref.open_dataset(repo, "grid").t.values, ds.t.values * 2)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_dataset_whose_root_is_an_array_opens_as_that_array(
+    repo: snapref.Repository, tmp_path: Path, zarr_format: int
+) -> None:
+    src = tmp_path / "a.zarr"
+    a = zarr.create_array(src, shape=(5,), chunks=(2,), dtype="i2", zarr_format=zarr_format)
+    a[:] = np.arange(1, 6)
+    ingest(repo, "a", str(src), message="an array store")
+    with repo.transaction("a", message="edit") as tx:
+        zarr.open_array(tx.store, mode="r+")[4] = -5
+    assert isinstance(snapref.open(repo, "a", 1), zarr.Array)
+    np.testing.assert_array_equal(snapref.open(repo, "a", 1)[:], [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(snapref.open(repo, "a")[:], [1, 2, 3, 4, -5])
+    with repo.transaction("a", message="empty the root") as tx:
+        tx.fs.rm(".zarray" if zarr_format == 2 else "zarr.json")
+    with pytest.raises(snapref.NotFoundError, match="a holds no zarr group or array at its root"):
+        snapref.open(repo, "a")
 
 
 def test_an_interrupted_ingest_resumes_without_rewriting(

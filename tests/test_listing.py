@@ -92,6 +92,29 @@ def test_every_intake_entry_opens_the_same_values(
         assert "&id" not in path.read_text()
 
 
+def test_intake_shows_recorded_text_as_written_not_as_a_template(
+    air: snapref.Repository, tmp_path: Path
+) -> None:
+    # Intake renders an entry's metadata with Jinja2: this message lost its words,
+    # {{ env('HOME') }} became a path, and an unbalanced {{ made the entry unopenable
+    messages = [
+        "Replace the {{ placeholder }} text",
+        "Template uses {{ env('HOME') }}",
+        "Unbalanced {{ brace {# and {% endraw %} or {%- endraw -%} in a message",
+    ]
+    for message in messages:
+        with air.transaction("air", message=message) as tx:
+            zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = len(message)
+    air.db.update_dataset("air", properties={"path": "{{ CATALOG_DIR }}/x"})
+    air.to_intake(str(tmp_path / "catalog.yaml"))
+    cat = intake.open_catalog(str(tmp_path / "catalog.yaml"))
+    for version, message in enumerate(messages, start=2):
+        meta = cat[f"air@{version}"].reader.data.metadata
+        assert meta["message"] == message
+        assert meta["dataset_properties"] == {"path": "{{ CATALOG_DIR }}/x"}
+        assert float(cat[f"air@{version}"].read()["temp"][0, 0, 0]) == len(message)
+
+
 def test_to_intake_rejects_an_unknown_route(air: snapref.Repository, tmp_path: Path) -> None:
     with pytest.raises(snapref.InvalidInputError, match="Unknown route"):
         air.to_intake(str(tmp_path / "c.yaml"), route="ftp")

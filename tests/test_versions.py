@@ -154,6 +154,40 @@ def test_templates_and_generators_are_expanded(repo: snapref.Repository, tmp_pat
     np.testing.assert_array_equal(snapref.open(repo, "x")["x"][:], np.arange(40, dtype="u1"))
 
 
+@pytest.mark.parametrize(
+    ("url", "gen_dims", "offset", "error"),
+    [
+        # a misspelt name once became "" and read the file beside the reference set
+        ("{{dta}}", {"stop": 1}, "0", r"Key 'x/0'.*'dta' is undefined.*Define each"),
+        ("{{u}", {"stop": 1}, "0", r"Key 'x/0'.*template '\{\{u\}'.*Fix its"),
+        ("{{u}}", {"stop": "2"}, "0", r"dimension 'i' must be a list of values"),
+        ("{{u}}", {"stop": 2, "step": 0}, "0", r"dimension 'i' must be a list"),
+        ("{{u}}", {"stop": 2}, "{{i * 10}}x", r"Key 'x/1'.*offset and length.*'0x'"),
+    ],
+)
+def test_bad_templates_and_generators_are_named(
+    repo: snapref.Repository, tmp_path: Any, url: str, gen_dims: Any, offset: str, error: str
+) -> None:
+    (tmp_path / "blob.bin").write_bytes(bytes(range(40)))
+    refs = {
+        "version": 1,
+        "templates": {"u": str(tmp_path / "blob.bin")},
+        "refs": {".zgroup": '{"zarr_format":2}', "x/0": [url, 0, 10]},
+        "gen": [
+            {
+                "key": "x/{{i + 1}}",
+                "url": "{{u}}",
+                "offset": offset,
+                "length": "10",
+                "dimensions": {"i": gen_dims},
+            }
+        ],
+    }
+    with pytest.raises(snapref.InvalidReferenceError, match=error):
+        repo.import_references("x", refs, message="templated")
+    assert repo.datasets() == []
+
+
 def test_version_0_references_with_inline_documents(repo: snapref.Repository) -> None:
     refs = {
         ".zgroup": {"zarr_format": 2},
@@ -305,3 +339,24 @@ def test_text_that_is_not_unicode_is_refused_before_anything_is_written(
     with pytest.raises(snapref.InvalidInputError, match=r"description .* not valid Unicode"):
         air.db.update_dataset("air", description=bad)
     assert air.head("air") == head and air.db.dataset("air").description == ""
+
+
+def test_properties_that_are_not_standard_json_are_refused(air: snapref.Repository) -> None:
+    # NaN was stored and printed by 'ls --json' as NaN (not JSON); a date raised a
+    # bare TypeError
+    import datetime
+
+    head = air.head("air")
+    for value, reason in (
+        (float("nan"), "Out of range float"),
+        (float("-inf"), "Out of range float"),
+        (datetime.date(2020, 1, 1), "not JSON serializable"),
+    ):
+        with pytest.raises(snapref.InvalidInputError, match=f"properties .*{reason}.*ISO text"):
+            with air.transaction("air", message="ok", properties={"k": value}) as tx:
+                zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1
+        with pytest.raises(snapref.InvalidInputError, match=reason):
+            air.db.update_dataset("air", properties={"k": [1, value]})
+    assert air.head("air") == head and air.db.dataset("air").properties == {}
+    record = air.db.update_dataset("air", properties={"k": None, "n": 1.5, "url": "s3://b/x"})
+    assert record.properties == {"k": None, "n": 1.5, "url": "s3://b/x"}

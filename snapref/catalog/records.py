@@ -3,6 +3,7 @@ plain Python objects made from its rows, and the time format it stores."""
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -79,9 +80,21 @@ def printable(text: str, keep: str = "") -> str:
 def check_text(what: str, value: Any) -> None:
     """Refuse recorded text (a message, an author, a description, properties) that is
     not valid Unicode: a lone surrogate, as a shell argument in another encoding
-    becomes (``$'\\xff'``), can be neither stored as UTF-8 nor printed."""
+    becomes (``$'\\xff'``), can be neither stored as UTF-8 nor printed. Properties
+    must be standard JSON: NaN or a date would print as invalid JSON, or not at all."""
     try:
-        text = value if isinstance(value, str) else ujson.dumps(value, ensure_ascii=False)
+        text = (
+            value
+            if isinstance(value, str)
+            else json.dumps(value, ensure_ascii=False, allow_nan=False)
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(
+            f"The {what} {value!r} cannot be recorded: {exc}. Give JSON values (text, "
+            "finite numbers, true/false/null, lists and objects of them), e.g. a date as "
+            "ISO text and NaN as null"
+        ) from None
+    try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise InvalidInputError(

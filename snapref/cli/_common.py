@@ -127,7 +127,7 @@ def _storage_error(exc: Exception) -> str | None:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(ujson.dumps(data, indent=2, ensure_ascii=False))
+    click.echo(ujson.dumps(data, indent=2, ensure_ascii=False, escape_forward_slashes=False))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
