@@ -106,7 +106,7 @@ def _snapref(
     repo.close()
 
     def open_read() -> int:
-        SHARD_CACHE._items.clear()
+        SHARD_CACHE.clear()
         return int(snapref.open(url, "a", version=1)["v"][row, col])
 
     with snapref.connect(url):  # the application's handle: its engine stays

@@ -51,7 +51,7 @@ def _snapref_diff(rec: Recorder, case: str, d: Path, refs: dict[str, Any], repea
     repo.close()
 
     def diff() -> Any:
-        SHARD_CACHE._items.clear()
+        SHARD_CACHE.clear()
         return snapref.connect(url).diff("a", 1, CHANGED + 1)
 
     times = []

@@ -43,8 +43,8 @@ from fsspec.utils import get_protocol
 from snapref.catalog import Snapshot
 from snapref.fs import SnapshotStore, _source_filesystems
 from snapref.manifest import Manifest
-from snapref.protocol import SnaprefFileSystem
-from snapref.repository import Repository, VersionSpec, connect
+from snapref.protocol import _CONNECTIONS, SnaprefFileSystem
+from snapref.repository import Repository, VersionSpec
 
 __all__ = ["open_async", "open_snapshot_async"]
 
@@ -66,19 +66,25 @@ class _LoopFilesystems:
         return self.sources
 
 
-#: event loop -> repository (by identity) -> its filesystems on that loop
+#: event loop -> repository -> its filesystems on that loop (both held weakly)
 _PER_LOOP: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[int, tuple[Repository, _LoopFilesystems]]
+    asyncio.AbstractEventLoop, weakref.WeakKeyDictionary[Repository, _LoopFilesystems]
 ] = weakref.WeakKeyDictionary()
 
 
 def _filesystems(repo: Repository) -> _LoopFilesystems:
-    per_repo = _PER_LOOP.setdefault(asyncio.get_running_loop(), {})
-    entry = per_repo.get(id(repo))
-    if entry is None or entry[0] is not repo:
-        entry = (repo, _LoopFilesystems(repo))
-        per_repo[id(repo)] = entry
-    return entry[1]
+    # an async filesystem's session refers back to its loop, so an entry would keep
+    # its own key alive: the entries of closed loops (each asyncio.run) go here
+    for loop in [loop for loop in _PER_LOOP if loop.is_closed()]:
+        _PER_LOOP.pop(loop, None)
+    loop = asyncio.get_running_loop()
+    per_repo = _PER_LOOP.get(loop)
+    if per_repo is None:
+        per_repo = _PER_LOOP[loop] = weakref.WeakKeyDictionary()
+    shared = per_repo.get(repo)
+    if shared is None:
+        shared = per_repo[repo] = _LoopFilesystems(repo)
+    return shared
 
 
 async def open_snapshot_async(repo: Repository, snapshot: Snapshot) -> zarr.AsyncGroup:
@@ -87,6 +93,9 @@ async def open_snapshot_async(repo: Repository, snapshot: Snapshot) -> zarr.Asyn
     manifests = repo.warehouse.content("manifests", ".json")
     doc = ujson.loads(await manifests.get_async(shared.warehouse, snapshot.manifest))
     manifest = Manifest(repo.warehouse, doc, snapshot.manifest)
+    # fsspec's ReferenceFileSystem looks up the key "version" as it is made, a
+    # synchronous read: the shard that answers it is loaded here, awaited
+    await manifest.get_async("version", shared.warehouse)
     fs = SnaprefFileSystem(
         repo,
         snapshot.dataset,
@@ -112,14 +121,17 @@ async def open_async(
     """Open one version of a dataset as a read-only zarr ``AsyncGroup``.
 
     The arguments are those of :func:`snapref.open`. Pass a connected
-    :class:`~snapref.Repository` (``snapref.connect`` once, at start-up): a URL
-    connects to the catalog on every call.
+    :class:`~snapref.Repository` (``snapref.connect`` once, at start-up); a URL is
+    connected once per process and storage options, and reused (as an unpickled
+    :class:`~snapref.protocol.SnaprefFileSystem` does).
 
     Raises
     ------
     DatasetNotFoundError, VersionNotFoundError, InvalidInputError
         As :meth:`Repository.resolve`.
     """
-    repository = repo if isinstance(repo, Repository) else connect(repo, storage_options)
+    repository = (
+        repo if isinstance(repo, Repository) else _CONNECTIONS.get(repo, storage_options or {})
+    )
     snapshot = repository.resolve(name, version, as_of=as_of, branch=branch)
     return await open_snapshot_async(repository, snapshot)

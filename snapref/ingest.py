@@ -150,15 +150,18 @@ def ingest(
 
 
 def _list_store(fs: Any, root: str, source: str) -> list[str]:
-    if not fs.exists(root):
+    # root "" is a store at the root of its filesystem (zip://::store.zarr.zip,
+    # reference://): it always exists, and its files are listed without a prefix
+    if root and not fs.exists(root):
         raise NotFoundError(f"No Zarr store at {source!r}: the path does not exist")
-    if not fs.isdir(root):
+    if root and not fs.isdir(root):
         raise InvalidInputError(
             f"{source!r} is a file, not a Zarr store (a folder with .zgroup, .zarray or "
             "zarr.json). For a kerchunk reference file use 'snapref import'."
         )
-    prefix = root + "/"
-    keys = sorted(p[len(prefix) :] for p in fs.find(root) if p.startswith(prefix))
+    prefix = root + "/" if root else ""
+    found = (p.lstrip("/") if not root else p for p in fs.find(root))
+    keys = sorted(p[len(prefix) :] for p in found if p.startswith(prefix))
     if not any(k in _ROOT_METADATA for k in keys):
         raise InvalidInputError(
             f"{source!r} is not a Zarr store: it has no .zgroup, .zarray or zarr.json at its root"
@@ -177,7 +180,7 @@ def _read(fs: Any, root: str, keys: Sequence[str], concurrency: int) -> Iterator
     """The bytes of ``keys`` under ``root``, read with ``concurrency`` reads in flight."""
     if not keys:
         return
-    paths = [f"{root}/{k}" for k in keys]
+    paths = [f"{root}/{k}" if root else k for k in keys]
     if fs.async_impl:
         data = fs.cat(paths, batch_size=concurrency, on_error="raise")
         if not isinstance(data, dict):

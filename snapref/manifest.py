@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -260,18 +261,28 @@ class _ShardCache:
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, Shard] = OrderedDict()
+        # threads share it (zarr's, dask's): without the lock, an entry evicted between
+        # a get and its move_to_end raised KeyError, which a reference lookup reads
+        # as a missing key, and zarr as fill values
+        self._lock = threading.Lock()
 
     def get(self, digest: str) -> Shard | None:
-        shard = self._items.get(digest)
-        if shard is not None:
-            self._items.move_to_end(digest)
-        return shard
+        with self._lock:
+            shard = self._items.get(digest)
+            if shard is not None:
+                self._items.move_to_end(digest)
+            return shard
 
     def put(self, digest: str, shard: Shard) -> None:
-        self._items[digest] = shard
-        self._items.move_to_end(digest)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[digest] = shard
+            self._items.move_to_end(digest)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 SHARD_CACHE = _ShardCache()

@@ -88,7 +88,8 @@ def parse_url(url: str) -> tuple[str | None, str | None, str]:
 
 
 class _Connections:
-    """Repositories reconnected by unpickled filesystems, shared in this process.
+    """Repositories reconnected by unpickled filesystems and by ``open_async(URL)``,
+    shared in this process.
 
     Opening the catalog costs a schema check; a Dask worker unpickles a filesystem for
     every task, so reconnecting must be a dictionary lookup. The key holds the exact
@@ -104,9 +105,12 @@ class _Connections:
         self,
         url: str,
         repo_options: Mapping[str, Any],
-        catalog: str,
-        source_options: Mapping[str, Mapping[str, Any]] | None,
+        catalog: str | None = None,
+        source_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Repository:
+        """The repository at ``url``; ``catalog`` None means the one ``connect`` finds
+        ($SNAPREF_CATALOG, else the one the warehouse records)."""
+        catalog = catalog or os.environ.get("SNAPREF_CATALOG")
         key = tokenize(url, dict(repo_options), catalog, dict(source_options or {}), os.getpid())
         with self._lock:
             repo = self._items.get(key)

@@ -16,7 +16,8 @@ import os
 import posixpath
 import subprocess
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
@@ -863,9 +864,11 @@ def init(
     NotFoundError
         If the warehouse's bucket does not exist.
     """
-    warehouse = Warehouse(url, storage_options)
-    config_path = warehouse.path(CONFIG_FILE)
-    if warehouse.fs.exists(config_path):
+    with _storage_options_checked(url, storage_options):
+        warehouse = Warehouse(url, storage_options)
+        config_path = warehouse.path(CONFIG_FILE)
+        exists = warehouse.fs.exists(config_path)
+    if exists:
         raise AlreadyExistsError(f"A snapref repository exists at {warehouse.url} already")
     if warehouse.is_local:
         warehouse.fs.makedirs(warehouse.root, exist_ok=True)
@@ -916,14 +919,16 @@ def connect(
     RepositoryNotFoundError
         If ``url`` holds no snapref repository.
     """
-    warehouse = Warehouse(url, storage_options)
-    try:
-        config = ujson.loads(warehouse.fs.cat_file(warehouse.path(CONFIG_FILE)))
-    except FileNotFoundError:
-        raise RepositoryNotFoundError(
-            f"No snapref repository at {warehouse.url}: create one with "
-            f"'snapref init {url}', or check the URL and --storage-option settings"
-        ) from None
+    with _storage_options_checked(url, storage_options):
+        warehouse = Warehouse(url, storage_options)
+        try:
+            raw = warehouse.fs.cat_file(warehouse.path(CONFIG_FILE))
+        except FileNotFoundError:
+            raise RepositoryNotFoundError(
+                f"No snapref repository at {warehouse.url}: create one with "
+                f"'snapref init {url}', or check the URL and --storage-option settings"
+            ) from None
+    config = ujson.loads(raw)
     if config.get("format") != 1:
         raise CatalogSchemaError(
             f"The repository at {warehouse.url} has layout format {config.get('format')!r}; "
@@ -978,6 +983,23 @@ def _without_password(url: str) -> str:
     import sqlalchemy as sa
 
     return sa.engine.make_url(url)._replace(password=None).render_as_string(hide_password=False)
+
+
+@contextmanager
+def _storage_options_checked(url: str, storage_options: Mapping[str, Any] | None) -> Iterator[None]:
+    """Around the first use of a warehouse: an option the filesystem does not take
+    (``endpoint=``) or a malformed value (``endpoint_url=HOST:PORT``) surfaces there as
+    a TypeError or ValueError from deep inside the filesystem's client."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        names = ", ".join(sorted(storage_options or {})) or "none"
+        raise InvalidInputError(
+            f"Cannot use the warehouse {url} with the storage options given ({names}): "
+            f"{type(exc).__name__}: {exc}. Check each option's name and value (for S3, "
+            "e.g. endpoint_url=http://HOST:PORT, key, secret, "
+            "client_kwargs={'region_name': ...})."
+        ) from exc
 
 
 def _as_repository(repo: Repository | str, storage_options: Mapping[str, Any] | None) -> Repository:

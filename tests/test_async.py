@@ -17,7 +17,7 @@ import pytest
 import zarr
 
 import snapref
-from snapref.manifest import Manifest
+from snapref.manifest import SHARD_CACHE, Manifest
 from snapref.objects import ContentStore
 from tests.conftest import temp_values
 
@@ -60,6 +60,7 @@ def no_blocking_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a blocking warehouse read inside the event loop")
 
+    SHARD_CACHE.clear()  # as in a server process that did not make the versions
     monkeypatch.setattr(ContentStore, "get", refuse)
     monkeypatch.setattr(ContentStore, "get_many", refuse)
     monkeypatch.setattr(Manifest, "load", refuse)

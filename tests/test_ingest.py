@@ -63,6 +63,20 @@ def test_ingest_a_store_then_a_changed_copy(
     assert third.snapshot is None and third.objects_written == 0
 
 
+def test_ingest_a_store_at_the_root_of_its_filesystem(
+    repo: snapref.Repository, tmp_path: Path
+) -> None:
+    # zarr's ZipStore archive opens as zip://::FILE, whose root is "": every key was
+    # dropped, and the store refused as having no .zgroup
+    archive = tmp_path / "store.zarr.zip"
+    with zarr.storage.ZipStore(archive, mode="w") as store:
+        g = zarr.open_group(store, mode="w", zarr_format=2)
+        g.create_array("x", shape=(5,), chunks=(2,), dtype="i4")[:] = np.arange(5)
+    result = ingest(repo, "zipped", f"zip://::{archive}", message="from a zip archive")
+    assert result.chunks == 3
+    np.testing.assert_array_equal(snapref.open(repo, "zipped")["x"][:], np.arange(5))
+
+
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_consolidated_metadata_is_not_recorded_so_it_never_goes_stale(
     repo: snapref.Repository, tmp_path: Path, zarr_format: int

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -134,6 +135,65 @@ def test_failed_init_leaves_nothing_behind(
     with pytest.raises(snapref.AlreadyExistsError):
         snapref.init(f"{REPO}2", catalog=catalog, storage_options=s3_options)
     assert s3_fs.find(BUCKET) == [f"{BUCKET}/wh/snapref.json"]
+
+
+def test_storage_options_that_s3_does_not_take_are_named_in_one_line(
+    s3_bucket: dict[str, Any], tmp_path: Path
+) -> None:
+    # each was a traceback from deep inside botocore (ValueError, TypeError)
+    catalog = _catalog_url(tmp_path)
+    snapref.init(REPO, catalog=catalog, storage_options=s3_bucket).close()
+    host = s3_bucket["endpoint_url"].removeprefix("http://")
+    for option, value, error in (
+        ("endpoint_url", host, "Invalid endpoint"),
+        ("endpoint", s3_bucket["endpoint_url"], "unexpected keyword argument 'endpoint'"),
+    ):
+        options = {k: v for k, v in s3_bucket.items() if k != "endpoint_url"} | {option: value}
+        with pytest.raises(snapref.InvalidInputError, match=f"({option}, key, secret).*{error}"):
+            snapref.connect(REPO, storage_options=options)
+        with pytest.raises(snapref.InvalidInputError, match=error):
+            snapref.init(f"{REPO}-new", catalog=catalog, storage_options=options)
+        result = CliRunner().invoke(
+            cli, ["-R", REPO, "--storage-option", f"{option}={value}", "ls"]
+        )
+        assert result.exit_code == 1 and "Traceback" not in result.output + result.stderr
+        assert (
+            result.stderr.startswith("Error: Cannot use the warehouse") and error in result.stderr
+        )
+
+
+def test_open_async_keeps_nothing_of_closed_loops_and_reuses_a_url(
+    s3_bucket: dict[str, Any], s3_refs: dict[str, Any], tmp_path: Path
+) -> None:
+    # every asyncio.run left its loop, S3 session and filesystems alive for good, and
+    # every open_async(URL) on a server's loop kept one more repository (~1 MB each)
+    import asyncio
+    import gc
+
+    from snapref import aio
+
+    snapref.init(REPO, catalog=_catalog_url(tmp_path), storage_options=s3_bucket).close()
+    with snapref.connect(REPO, storage_options=s3_bucket) as repo:
+        repo.import_references("air", s3_refs, message="Import air.h5 from S3")
+    expected = float(temp_values()[3, 4, 5])
+
+    async def read(repo: Any) -> float:
+        group = await snapref.open_async(repo, "air", storage_options=s3_bucket)
+        return float(await (await group.getitem("temp")).getitem((3, 4, 5)))
+
+    async def server() -> list[float]:
+        values = [await read(REPO) for _ in range(10)]
+        assert len(aio._PER_LOOP[asyncio.get_running_loop()]) == 1
+        return values
+
+    with warnings.catch_warnings():  # aiohttp's note on sessions of closed loops
+        warnings.simplefilter("ignore", ResourceWarning)
+        assert asyncio.run(server()) == [expected] * 10
+        with snapref.connect(REPO, storage_options=s3_bucket) as repo:
+            for _ in range(5):
+                assert asyncio.run(read(repo)) == expected
+            gc.collect()
+            assert len(aio._PER_LOOP) <= 1  # at most the last loop, until the next call
 
 
 def test_journey_on_s3(

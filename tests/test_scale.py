@@ -72,7 +72,7 @@ def test_opening_a_version_loads_only_needed_shards(tmp_path: Path) -> None:
     manifest = repo.manifest(repo.head("large"))
     n_shards = len(manifest.sections["array:v"])
     assert n_shards == -(-40_000 // MAX_SHARD_REFS) and n_shards > 2
-    SHARD_CACHE._items.clear()
+    SHARD_CACHE.clear()
     v = snapref.open(repo, "large")["v"]
     assert v[150, 150] == 150 * 200 + 150
     # the metadata shard and the one shard holding the chunk
