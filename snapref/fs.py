@@ -25,6 +25,7 @@ from zarr.storage import FsspecStore
 
 from snapref.errors import (
     DisallowedSourceError,
+    InvalidInputError,
     InvalidKeyError,
     ReadOnlyError,
     TransactionClosedError,
@@ -99,8 +100,9 @@ class StagedReferences(MutableMapping[str, Any]):
 
     def __init__(self, base: Manifest) -> None:
         self.base = base
-        #: key -> new bytes (metadata), an already stored object, or None (deleted)
-        self.staged: dict[str, bytes | ObjectRef | None] = {}
+        #: key -> new bytes (metadata), an already stored object, a reference copied
+        #: from another key (fs.copy), or None (deleted)
+        self.staged: dict[str, bytes | ObjectRef | VirtualRef | None] = {}
         #: what staging wrote to the warehouse so far (objects, bytes)
         self.objects_written = 0
         self.bytes_written = 0
@@ -112,7 +114,7 @@ class StagedReferences(MutableMapping[str, Any]):
             value = self.staged[key]
             if value is None:
                 raise KeyError(key)
-            return value
+            return _fsspec_value(value) if isinstance(value, VirtualRef) else value
         ref = self.base.get(key)
         if ref is None:
             raise KeyError(key)
@@ -124,7 +126,7 @@ class StagedReferences(MutableMapping[str, Any]):
             value = self.staged[key]
             if value is None:
                 raise KeyError(key)
-            return value
+            return _fsspec_value(value) if isinstance(value, VirtualRef) else value
         ref = await self.base.get_async(key, afs)
         if ref is None:
             raise KeyError(key)
@@ -185,7 +187,8 @@ class StagedReferences(MutableMapping[str, Any]):
         at a time; with ``one_per_array_below``, an array whose folder lies below the
         prefix yields only its first visible chunk — enough to name a child folder.
         """
-        for key, value in self.staged.items():
+        # a copy: another thread (fsspec's, zarr's) may stage keys while this lists
+        for key, value in list(self.staged.items()):
             if value is not None and key.startswith(prefix):
                 yield key
         for key in self.base.meta_keys():
@@ -215,6 +218,28 @@ class StagedReferences(MutableMapping[str, Any]):
                 f"Cannot write {key!r}: it is the folder of an array or group. Delete "
                 "that node first (rm -r), or write to a key inside it."
             )
+        parents = list(itertools.accumulate(key.split("/")[:-1], lambda a, b: f"{a}/{b}"))
+        if "" in self.base.arrays or any(self._is_array_folder(p) for p in parents):
+            return  # a chunk: its array's keys are zarr's (and looking costs shard reads)
+        for parent in parents:
+            if parent in self:
+                raise InvalidKeyError(
+                    f"Cannot write {key!r}: {parent!r} is a file, and a key cannot be a "
+                    f"file and a folder at once. Delete {parent!r} first, or write elsewhere."
+                )
+        if self.is_dir(key):
+            raise InvalidKeyError(
+                f"Cannot write {key!r}: it is a folder (keys lie below it), and a key "
+                "cannot be a file and a folder at once. Delete what is below it first "
+                "(rm -r), or write to a key inside it."
+            )
+
+    def _is_array_folder(self, path: str) -> bool:
+        return (
+            path in self.base.arrays
+            or f"{path}/.zarray" in self.staged
+            or f"{path}/zarr.json" in self.staged
+        )
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.check_new_file(key)
@@ -231,6 +256,16 @@ class StagedReferences(MutableMapping[str, Any]):
         if written:
             self.objects_written += 1
             self.bytes_written += ref.size
+
+    def stage_copy(self, key: str, value: Any) -> None:
+        """Stage at ``key`` a value read from another key (``self[source]``): the same
+        bytes, object or byte range of a file; nothing is read or written."""
+        self.check_new_file(key)
+        if isinstance(value, list):  # fsspec's [url] or [url, offset, length]
+            value = VirtualRef(*value)
+        elif not isinstance(value, ObjectRef):
+            value = bytes(value)
+        self.staged[key] = value
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
@@ -433,12 +468,24 @@ class SnapshotFileSystem(ReferenceFileSystem):
         return out
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        """Read ("rb") the whole value; or write ("wb"; "ab" appends to the value,
+        "xb" refuses an existing key), staged when the file closes."""
         path = self._strip_protocol(path)
-        if "r" not in mode:
-            self._check_writable(path)
-            validate_key(path)
-            return _StagingFile(self, path)
-        return io.BytesIO(self.cat_file(path))
+        if "+" in mode:
+            raise InvalidInputError(
+                f"Cannot open {path!r} in mode {mode!r}: a value is read whole or written "
+                "whole. Open it with 'rb' to read, 'wb' (or 'ab', 'xb') to write."
+            )
+        if "r" in mode:
+            return io.BytesIO(self.cat_file(path))
+        self._check_writable(path)
+        validate_key(path)
+        if "x" in mode and path in self._staged:
+            raise FileExistsError(path)
+        file = _StagingFile(self, path)
+        if "a" in mode and path in self._staged:
+            file.write(self.cat_file(path))
+        return file
 
     # -- listing -----------------------------------------------------------------------
 
@@ -584,9 +631,20 @@ class SnapshotFileSystem(ReferenceFileSystem):
             await self._pipe_file(rpath, f.read(), mode=mode)
 
     async def _rm_file(self, path: str, **kwargs: Any) -> None:
-        path = self._strip_protocol(path)
-        self._check_writable(path)
-        self._staged.pop(path, None)
+        await self._rm(path)
+
+    async def _cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        """Stage at ``path2`` the reference ``path1`` holds: copying (and ``mv``, a copy
+        then a delete) reads and writes no bytes, so renaming an array is free."""
+        path1, path2 = self._strip_protocol(path1), self._strip_protocol(path2)
+        self._check_writable(path2)
+        try:
+            value = await self._staged.get_async(path1, self._warehouse_fs)
+        except KeyError:
+            if self._staged.is_dir(path1):
+                return  # a folder exists through the keys below it, copied one by one
+            raise FileNotFoundError(path1) from None
+        self._staged.stage_copy(path2, value)
 
     async def _rm(self, path: Any, recursive: bool = False, **kwargs: Any) -> None:
         paths = [path] if isinstance(path, str) else list(path)

@@ -19,9 +19,10 @@ Two ideas keep it fast on long histories and big manifests:
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import fsspec
@@ -160,6 +161,28 @@ class ArrayInfo:
             return base + (self.prefix.rstrip("/.") or "0")
         return base + self.prefix + self.separator.join(map(str, coords))
 
+    def coords(self, key: str) -> tuple[int, ...] | None:
+        """The chunk grid coordinates of ``key`` in this array, None if it is no chunk
+        of it (zarr v2 names the one chunk of a 0-d array ``0``)."""
+        c = chunk_coords(self.path, key)
+        if c is not None and not self.shape and c == (0,):
+            return ()
+        return c if c is not None and len(c) == len(self.shape) else None
+
+    def holds(self, coords: Sequence[int]) -> bool:
+        """Whether the chunk at ``coords`` lies inside the array's shape."""
+        return len(coords) == len(self.shape) and all(
+            0 <= c and c * n < size
+            for c, n, size in zip(coords, self.chunks, self.shape, strict=True)
+        )
+
+    def same_grid(self, other: ArrayInfo) -> bool:
+        return (self.chunks, self.separator, self.prefix) == (
+            other.chunks,
+            other.separator,
+            other.prefix,
+        )
+
     def slices(self, box: Sequence[tuple[int, int]]) -> str:
         """``temp[0:2, 20:40]``: a box of chunk coordinates in array coordinates."""
         parts = []
@@ -168,10 +191,12 @@ class ArrayInfo:
         return f"{self.path or '/'}[{', '.join(parts)}]"
 
 
-def array_info(manifest: Manifest, path: str) -> ArrayInfo | None:
-    """Geometry of array ``path`` in ``manifest`` (zarr v2 or v3), or None."""
+def array_info(manifest: Manifest | Callable[[str], Ref | None], path: str) -> ArrayInfo | None:
+    """Geometry of array ``path`` in ``manifest`` (or in what a lookup function
+    returns: a state being merged) in zarr v2 or v3, or None."""
+    get = manifest.get if isinstance(manifest, Manifest) else manifest
     base = f"{path}/" if path else ""
-    ref = manifest.get(base + ".zarray")
+    ref = get(base + ".zarray")
     if isinstance(ref, InlineRef):
         doc = ujson.loads(ref.data)
         return ArrayInfo(
@@ -181,7 +206,7 @@ def array_info(manifest: Manifest, path: str) -> ArrayInfo | None:
             doc.get("dimension_separator") or ".",
             "",
         )
-    ref = manifest.get(base + "zarr.json")
+    ref = get(base + "zarr.json")
     if isinstance(ref, InlineRef):
         doc = ujson.loads(ref.data)
         if doc.get("node_type") != "array":
@@ -351,7 +376,7 @@ def diff(repo: Repository, old: Snapshot, new: Snapshot) -> Diff:
     out = Diff(old.dataset, old, new)
     out.arrays_added = sorted(mb.arrays - ma.arrays)
     out.arrays_removed = sorted(ma.arrays - mb.arrays)
-    coords: dict[str, list[tuple[int, ...]]] = {}
+    chunk_ops: dict[str, list[tuple[str, str]]] = {}  # array -> [(op, key)]
     for key, (before, after) in changed.items():
         op = "A" if before is None else ("D" if after is None else "M")
         if is_metadata_key(key):
@@ -370,20 +395,41 @@ def diff(repo: Repository, old: Snapshot, new: Snapshot) -> Diff:
         array = section[len("array:") :]
         entry = out.chunks.setdefault(array, ArrayChanges())
         {"A": entry.added, "M": entry.modified, "D": entry.removed}[op].append(key)
-        c = chunk_coords(array, key)
-        if c is not None:
-            coords.setdefault(array, []).append(c)
+        chunk_ops.setdefault(array, []).append((op, key))
     # a node whose metadata moved from .zgroup to zarr.json (or back: a v2 hierarchy
     # replaced by a v3 one) was neither added nor removed
     moved = set(out.groups_added) & set(out.groups_removed)
     out.groups_added = [g for g in out.groups_added if g not in moved]
     out.groups_removed = [g for g in out.groups_removed if g not in moved]
     for array, entry in out.chunks.items():
-        info = array_info(mb, array) or array_info(ma, array)
-        if info is None or not coords.get(array):
-            continue
-        entry.regions = [info.slices(box) for box in regions(coords[array])]
+        entry.regions = _changed_regions(
+            array_info(ma, array), array_info(mb, array), chunk_ops[array]
+        )
     return out
+
+
+def _changed_regions(
+    old: ArrayInfo | None, new: ArrayInfo | None, ops: Sequence[tuple[str, str]]
+) -> list[str]:
+    """The boxes of an array that changed, in array coordinates: a removed chunk is
+    where the old version had it, an added one where the new has it (an array cut
+    short, or rechunked, differs in both places)."""
+    if (
+        old is not None
+        and new is not None
+        and old.same_grid(new)
+        and len(old.shape) == len(new.shape)
+    ):
+        # one grid: the boxes of every changed chunk, within the larger of the shapes
+        both = replace(new, shape=tuple(map(max, old.shape, new.shape)))
+        coords = [c for _, k in ops if (c := both.coords(k)) is not None]
+        return [both.slices(box) for box in regions(coords)]
+    out: list[str] = []
+    for info, kinds in ((old, "DM"), (new, "AM")):
+        if info is not None:
+            coords = [c for op, k in ops if op in kinds and (c := info.coords(k)) is not None]
+            out.extend(info.slices(box) for box in regions(coords))
+    return list(dict.fromkeys(out))
 
 
 # -- blame --------------------------------------------------------------------------------
@@ -538,7 +584,7 @@ def blame(
     else:
         keys = {}
         for key, _ in manifest.section_items(f"array:{array}"):
-            c = chunk_coords(array, key)
+            c = info.coords(key)
             if c is not None:
                 keys[key] = c
         changes = repo.db.changed_keys_under(snap.dataset, f"{array}/" if array else "")
@@ -803,7 +849,43 @@ def three_way(
         conflicts.extend(keys)
         if strategy == "theirs":  # the array as theirs has it: their changes, our undone
             changes.update({k: other[k][1] if k in other else theirs.get(k) for k in keys})
+
+    def merged(key: str) -> Ref | None:
+        return changes[key] if key in changes else ours.get(key)
+
+    cut = _cut_off(merged, ((mine, ours.get), (other, theirs.get)), arrays)
+    conflicts.extend(k for k in cut if k not in conflicts)
+    if strategy is not None:  # outside the array either way: dropped, as zarr's resize does
+        for key in cut:
+            if ours.get(key) is not None:
+                changes[key] = None
+            else:
+                changes.pop(key, None)
     return changes, sorted(conflicts)
+
+
+def _cut_off(
+    result: Callable[[str], Ref | None],
+    sides: Iterable[
+        tuple[Mapping[str, tuple[Ref | None, Ref | None]], Callable[[str], Ref | None]]
+    ],
+    arrays: frozenset[str],
+) -> list[str]:
+    """Chunks that one side wrote inside its array and that the combined ``result``
+    leaves outside it, because the other side cut the array shorter: kept, such a
+    chunk would come back as data when the array grows again."""
+    final = functools.cache(lambda array: array_info(result, array))
+    out = []
+    for changes, get in sides:
+        before = functools.cache(lambda array, get=get: array_info(get, array))
+        for key, (_, after) in changes.items():
+            array = None if after is None or is_metadata_key(key) else _array_of(key, arrays)
+            if array is None or (info := final(array)) is None or (own := before(array)) is None:
+                continue
+            coords = info.coords(key)
+            if coords is not None and not info.holds(coords) and own.holds(coords):
+                out.append(key)
+    return out
 
 
 def _array_of(key: str, arrays: frozenset[str]) -> str | None:
@@ -946,9 +1028,19 @@ def rebase_changeset(
     }
     arrays = m_parent.arrays | m_head.arrays | _arrays_defined(changeset.changes)
     redefined = _redefined_arrays(mine, theirs, arrays)
+
+    def rebased(key: str) -> Ref | None:
+        return changeset.changes[key] if key in changeset.changes else m_head.get(key)
+
+    def own(key: str) -> Ref | None:
+        return changeset.changes[key] if key in changeset.changes else m_parent.get(key)
+
+    written = {k: (None, ref) for k, ref in changeset.changes.items()}
+    cut = _cut_off(rebased, ((written, own), (theirs, m_head.get)), arrays)
     overlap = sorted(
         {k for k, ref in changeset.changes.items() if k in theirs and theirs[k][1] != ref}
         | {k for keys in redefined.values() for k in keys}
+        | set(cut)
     )
     if overlap:
         arrays_note = (
@@ -957,6 +1049,11 @@ def rebase_changeset(
             if redefined
             else ""
         )
+        if cut:
+            arrays_note += (
+                f" ({', '.join(cut[:3])}{' ...' if len(cut) > 3 else ''} would lie outside "
+                "an array that one side cut shorter)"
+            )
         raise MergeConflictError(
             f"Branch {branch!r} of {dataset!r} moved while you worked, and its changes "
             f"conflict with yours in {len(overlap)} keys: {', '.join(overlap[:10])}"

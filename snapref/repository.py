@@ -465,9 +465,12 @@ class Repository:
                     changeset.changes[key] = value
                     continue
                 before = base.get(key)
-                if isinstance(before, ObjectRef) and before.digest == digest:
-                    continue
-                changeset.changes[key] = ObjectRef(digest, len(self.objects.get(digest)))
+                if value.offset is None:  # a whole warehouse object, as checkouts write
+                    if isinstance(before, ObjectRef) and before.digest == digest:
+                        continue
+                    changeset.changes[key] = ObjectRef(digest, len(self.objects.get(digest)))
+                else:  # a byte range of one: those bytes (checked), as a value of their own
+                    changeset.put_bytes(key, _object_range(self, key, digest, value))
             else:
                 changeset.put_bytes(key, value)
         for key in base:
@@ -983,6 +986,21 @@ def _without_password(url: str) -> str:
     import sqlalchemy as sa
 
     return sa.engine.make_url(url)._replace(password=None).render_as_string(hide_password=False)
+
+
+def _object_range(repo: Repository, key: str, digest: str, ref: VirtualRef) -> bytes:
+    """The bytes ``[offset, offset + length)`` of a warehouse object that ``key`` names
+    by URL, from the object's verified bytes."""
+    data = repo.objects.get(digest)
+    start, length = ref.offset or 0, ref.length or 0
+    if start + length > len(data):
+        raise InvalidReferenceError(
+            f"Key {key!r}: the range [{start}, {start + length}) lies beyond the "
+            f"{len(data)} bytes of {ref.url}. Give a range inside the object, or [url]."
+        )
+    if start == 0 and length == len(data):
+        return data
+    return data[start : start + length]
 
 
 @contextmanager

@@ -206,6 +206,16 @@ def commit_changes(
             check_text(what, text)
     changeset = changeset.without_noops(base)
     if parent is not None and not (changeset.changes or changeset.sections or merged_parents):
+        # nothing to record, if the branch holds this state: it exists (not a tag), and
+        # the version the changes start from is its head or behind it
+        head = repo.head(dataset, branch)
+        if head.id != parent.id and parent.id not in repo.db.ancestor_ids(head.id):
+            raise ConflictError(
+                f"Branch {branch!r} of dataset {dataset!r} does not hold version "
+                f"{parent.version} ({parent.id[:12]}), where these changes start: it "
+                f"points at version {head.version}. Nothing was committed. Commit to the "
+                "branch the changes came from, or start a new branch from that version."
+            )
         return None
     new_sources = list(new_sources)
     allow_sources = [allowed_prefix(p) for p in allow_sources]
@@ -352,8 +362,8 @@ class Transaction:
         for key, data in self.staged.staged.items():
             if data is None:
                 cs.delete(key)
-            elif isinstance(data, ObjectRef):
-                cs.changes[key] = data  # stored while staging
+            elif isinstance(data, ObjectRef | VirtualRef):
+                cs.changes[key] = data  # stored while staging, or copied from a key
             else:
                 cs.put_bytes(key, data)
         cs.staged_written = (self.staged.objects_written, self.staged.bytes_written)

@@ -276,6 +276,64 @@ def test_commit_says_what_is_wrong_with_the_file_first(
     assert air.datasets() == ["air"]
 
 
+def test_a_commit_that_changes_nothing_still_checks_its_branch(
+    air: snapref.Repository, tmp_path: Path
+) -> None:
+    # an unchanged file committed to a tag, a misspelt branch or a branch elsewhere
+    # said "nothing changed" and exited 0
+    with air.transaction("air", message="v2") as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 2
+    air.branch("air", "dev", 1)
+    air.tag("air", 2, "t2")
+    work = str(tmp_path / "w.json")
+    air.checkout("air", None, work)
+    for branch, error, match in (
+        ("t2", snapref.VersionNotFoundError, "'t2' is a tag"),
+        ("dve", snapref.VersionNotFoundError, "no branch 'dve'"),
+        ("dev", snapref.ConflictError, "'dev' .* does not hold version 2"),
+    ):
+        with pytest.raises(error, match=match):
+            air.commit_references("air", work, "m", branch=branch)
+    assert air.head("air", "dev").version == 1
+    # unchanged on its own branch, or on one that moved on from it: nothing to record
+    assert air.commit_references("air", work, "m") is None
+    with air.transaction("air", message="v3") as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 3
+    assert air.commit_references("air", work, "m") is None
+    assert air.head("air").version == 3
+
+
+def test_a_byte_range_of_a_warehouse_object_is_those_bytes(
+    air: snapref.Repository, tmp_path: Path
+) -> None:
+    # [object url, offset, length] was recorded as the whole object
+    with air.transaction("air", message="a note") as tx:
+        tx.fs.pipe_file("README", b"0123456789abcdefghij")
+    work = tmp_path / "w.json"
+    air.checkout("air", None, str(work))
+    refs = json.loads(work.read_text())
+    url = refs["refs"]["README"][0]
+    refs["refs"]["HEAD"] = [url, 0, 5]
+    refs["refs"]["TAIL"] = [url, 15, 5]
+    refs["refs"]["ALL"] = [url, 0, 20]
+    work.write_text(json.dumps(refs))
+    snap = air.commit_references("air", str(work), "ranges")
+    assert snap is not None and snap.summary["objects_written"] == 2
+    fs = air.filesystem("air")
+    assert [fs.cat_file(k) for k in ("HEAD", "TAIL", "ALL")] == [
+        b"01234",
+        b"fghij",
+        fs.cat_file("README"),
+    ]
+    assert fs.info("HEAD")["size"] == 5
+    refs["refs"]["BAD"] = [url, 18, 5]
+    work.write_text(json.dumps(refs))
+    with pytest.raises(
+        snapref.InvalidReferenceError, match=r"'BAD'.*\[18, 23\) lies beyond the 20 bytes"
+    ):
+        air.commit_references("air", str(work), "bad range")
+
+
 def test_concurrent_commit_is_a_conflict(air: snapref.Repository) -> None:
     tx1 = air.transaction("air", message="first")
     tx2 = air.transaction("air", message="second")

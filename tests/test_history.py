@@ -376,6 +376,72 @@ def test_merge_takes_an_array_redefined_on_one_side_whole(air: snapref.Repositor
     assert s.dtype == np.int32 and s[3, 3] == 5  # main's s, whole
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_chunk_written_where_the_other_side_cut_the_array_conflicts(
+    tmp_path: Path, zarr_format: int
+) -> None:
+    # one side resizes a (8, 8) array to (4, 8) while the other writes a[6, 6]: the
+    # chunk was kept outside the array and read as 42 once the array grew again
+    repo = snapref.init(str(tmp_path / "wh"))
+    root = {
+        2: {".zgroup": '{"zarr_format": 2}'},
+        3: {"zarr.json": '{"zarr_format": 3, "node_type": "group"}'},
+    }
+    repo.import_references("d", root[zarr_format], message="empty")
+    with repo.transaction("d", message="array") as tx:
+        a = zarr.create_array(
+            tx.store, name="a", shape=(8, 8), chunks=(4, 4), dtype="f4", zarr_format=zarr_format
+        )
+        a[0:4, :] = 1
+    repo.branch("d", "cut")
+    with repo.transaction("d", message="cut", branch="cut") as tx:
+        zarr.open_group(tx.store, mode="r+")["a"].resize((4, 8))
+    writer = repo.transaction("d", message="write", rebase=True)
+    zarr.open_group(writer.store, mode="r+")["a"][6, 6] = 42
+    chunk = "a/1.1" if zarr_format == 2 else "a/c/1/1"
+    with repo.transaction("d", message="write") as tx:
+        zarr.open_group(tx.store, mode="r+")["a"][6, 6] = 42
+    with pytest.raises(snapref.MergeConflictError) as err:
+        repo.merge("d", "cut")
+    assert err.value.keys == [chunk]
+    repo.merge("d", "cut", strategy="ours")  # either way, the chunk is outside: dropped
+    with repo.transaction("d", message="grow") as tx:
+        zarr.open_group(tx.store, mode="r+")["a"].resize((8, 8))
+    grown = snapref.open(repo, "d")["a"][:]
+    assert grown[6, 6] == 0 and grown[0:4].tolist() == np.ones((4, 8)).tolist()
+    # a transaction rebased onto the cut is refused the same way
+    repo.reset("d", 2)
+    with repo.transaction("d", message="cut on main") as tx:
+        zarr.open_group(tx.store, mode="r+")["a"].resize((4, 8))
+    with pytest.raises(snapref.MergeConflictError, match="outside an array that one side cut"):
+        writer.commit()
+    assert snapref.open(repo, "d")["a"].shape == (4, 8)
+
+
+def test_diff_regions_of_an_array_cut_short_rechunked_or_0d(tmp_path: Path) -> None:
+    # a removed chunk's region was computed with the new shape ('a[8:8, 0:8]'), a
+    # rechunk named a quarter of what changed, and a 0-d v2 array crashed diff and blame
+    repo = snapref.init(str(tmp_path / "wh"))
+    repo.import_references("d", {".zgroup": '{"zarr_format": 2}'}, message="empty")
+    with repo.transaction("d", message="arrays") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        g.create_array("a", shape=(12, 8), chunks=(4, 8), dtype="i2")[:] = 1
+        g.create_array("s", shape=(), dtype="f8")[()] = 1.0
+    with repo.transaction("d", message="cut and set") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        g["a"].resize((8, 8))
+        g["s"][()] = 2.0
+    diff = repo.diff("d", 2, 3)
+    assert diff.chunks["a"].removed == ["a/2.0"] and diff.chunks["a"].regions == ["a[8:12, 0:8]"]
+    assert diff.chunks["s"].modified == ["s/0"] and diff.chunks["s"].regions == ["s[]"]
+    assert [(b.key, b.snapshot.version) for b in repo.blame("d", "s")] == [("s/0", 3)]
+    with repo.transaction("d", message="rechunk") as tx:
+        g = zarr.open_group(tx.store, mode="r+")
+        del g["a"]
+        g.create_array("a", shape=(8, 8), chunks=(2, 2), dtype="i2")[:] = 3
+    assert "a[0:8, 0:8]" in repo.diff("d", 3, 4).chunks["a"].regions
+
+
 def test_audit_lists_every_ref_change(story: dict[str, Any]) -> None:
     repo = story["repo"]
     repo.tag("air", 5, "v1.0")

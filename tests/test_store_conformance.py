@@ -270,3 +270,91 @@ def test_version_store_pickles_for_dask_workers(empty_repo: snapref.Repository) 
     assert zarr.open_group(copy, mode="r").attrs["title"] == "air"
     with pytest.raises(snapref.ReadOnlyError, match="Open a transaction"):
         store.with_read_only(False)
+
+
+# -- the writable filesystem as fsspec users drive it --------------------------------------
+
+
+def test_open_appends_creates_and_refuses_read_write(empty_repo: snapref.Repository) -> None:
+    # "ab" started from nothing and "xb" replaced an existing file (both committed
+    # what they wrote); "r+b" dropped every write
+    with empty_repo.transaction("ds", message="notes") as tx:
+        tx.fs.pipe_file("notes.txt", b"hello")
+        with tx.fs.open("notes.txt", "ab") as f:
+            f.write(b" world")
+        assert tx.fs.cat_file("notes.txt") == b"hello world"
+        with tx.fs.open("new.txt", "ab") as f:
+            f.write(b"first")
+        with pytest.raises(FileExistsError):
+            tx.fs.open("notes.txt", "xb")
+        with tx.fs.open("other.txt", "xb") as f:
+            f.write(b"x")
+        with pytest.raises(snapref.InvalidInputError, match="mode 'r\\+b'"):
+            tx.fs.open("notes.txt", "r+b")
+    with empty_repo.transaction("ds", message="more notes") as tx:
+        with tx.fs.open("notes.txt", "ab") as f:  # from the committed version
+            f.write(b"!")
+    fs = empty_repo.filesystem("ds")
+    assert [fs.cat_file(k) for k in ("notes.txt", "new.txt", "other.txt")] == [
+        b"hello world!",
+        b"first",
+        b"x",
+    ]
+
+
+def test_a_key_is_never_a_file_and_a_folder(empty_repo: snapref.Repository) -> None:
+    with empty_repo.transaction("ds", message="files") as tx:
+        tx.fs.pipe_file("docs/readme", b"r")
+        tx.fs.pipe_file("data.bin", b"d")
+    tx = empty_repo.transaction("ds", message="clash")
+    with pytest.raises(snapref.InvalidKeyError, match="'docs': it is a folder"):
+        tx.fs.pipe_file("docs", b"x")
+    with pytest.raises(snapref.InvalidKeyError, match=r"'data\.bin' is a file"):
+        tx.fs.pipe_file("data.bin/part", b"x")
+    tx.fs.pipe_file("docs/more", b"m")  # beside a file, inside a folder: fine
+    assert tx.fs.find("") == [".zgroup", "data.bin", "docs/more", "docs/readme"]
+    assert tx.fs.isfile("data.bin") and not tx.fs.isdir("data.bin")
+    # a file removed frees its name for a folder, in the same transaction
+    tx.fs.rm("data.bin")
+    tx.fs.pipe_file("data.bin/part", b"p")
+    assert tx.commit() is not None
+    assert empty_repo.filesystem("ds").cat_file("data.bin/part") == b"p"
+
+
+def test_rm_file_of_a_missing_key_or_a_folder_says_so(empty_repo: snapref.Repository) -> None:
+    tx = empty_repo.transaction("ds", message="rm")
+    tx.fs.pipe_file("sub/a", b"a")
+    with pytest.raises(FileNotFoundError):
+        tx.fs.rm_file("nope")
+    with pytest.raises(IsADirectoryError):
+        tx.fs.rm_file("sub")
+    tx.fs.rm_file("sub/a")
+    assert not tx.fs.exists("sub/a")
+
+
+def test_listing_while_another_thread_stages(empty_repo: snapref.Repository) -> None:
+    # zarr and fsspec stage from their own threads: a listing that read the staged
+    # keys lazily failed with 'dictionary changed size during iteration'
+    tx = empty_repo.transaction("ds", message="busy")
+    for i in range(3):
+        tx.fs.pipe_file(f"f{i}", b"x")
+    listing = tx.staged._visible("")
+    first = next(listing)
+    tx.fs.pipe_file("f3", b"x")  # what another thread does meanwhile
+    assert sorted([first, *listing]) == [".zgroup", "f0", "f1", "f2"]
+
+
+def test_mv_renames_an_array_without_reading_or_writing_chunks(air: snapref.Repository) -> None:
+    before = snapref.open(air, "air")["temp"][:]
+    with air.transaction("air", message="rename temp") as tx:
+        tx.fs.mv("temp", "temperature", recursive=True)
+        with pytest.raises(FileNotFoundError):
+            tx.fs.copy("nothing", "else")
+    assert tx.snapshot is not None and tx.snapshot.summary["objects_written"] == 0
+    group = snapref.open(air, "air")
+    assert "temp" not in group and sorted(group) == ["lat", "lon", "temperature", "time"]
+    np.testing.assert_array_equal(group["temperature"][:], before)
+    manifest = air.manifest(tx.snapshot)
+    chunks = [k for k in manifest if k.startswith("temperature/") and "/." not in k]
+    assert len(chunks) == 24 and {type(manifest[k]) for k in chunks} == {VirtualRef}
+    np.testing.assert_array_equal(snapref.open(air, "air", 1)["temp"][:], before)

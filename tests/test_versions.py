@@ -250,6 +250,23 @@ def test_as_of_a_snapshots_own_time_finds_it(air: snapref.Repository) -> None:
     assert air.resolve("air", as_of=air.resolve("air", 1).timestamp).version == 1
 
 
+def test_as_of_before_any_version_finds_none_in_any_century(air: snapref.Repository) -> None:
+    # the year 999 was written '999-', which sorts after '2026-' as text: the head came
+    # back; year 1 at +05:00 overflowed
+    from datetime import datetime, timedelta, timezone
+
+    for when in (
+        datetime(999, 1, 1),
+        "0999-01-01T00:00:00Z",
+        np.datetime64("0300-01-01"),
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+    ):
+        with pytest.raises(snapref.VersionNotFoundError, match="had no version"):
+            air.resolve("air", as_of=when)
+    far = datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+    assert air.resolve("air", as_of=far) == air.head("air")
+
+
 def test_relative_paths_in_a_reference_dict_mean_the_working_directory(
     repo: snapref.Repository, hdf5_file: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,9 +44,16 @@ def parse_time(text: str) -> datetime:
 
 
 def format_time(when: datetime) -> str:
+    """``when`` as the catalog's UTC text, which sorts as time does: the year has four
+    digits (strftime's %Y writes 999, after 2026 as text), and a time whose UTC falls
+    outside years 1-9999 is written as the first or last instant that has one."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        when = when.astimezone(UTC)
+    except OverflowError:
+        return "0000-01-01T00:00:00.000000Z" if when.year == 1 else "9999-12-31T23:59:59.999999Z"
+    return f"{when.year:04d}-{when:%m-%dT%H:%M:%S.%f}Z"
 
 
 #: Bidirectional-text controls: shown raw, they reorder what a terminal shows

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import sqlite3
+import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -532,9 +534,20 @@ class Catalog(Lookups):
             If the branch head is no longer ``expected_parent``. Nothing is recorded.
         """
         last = ""
-        for _attempt in range(5):
+        for attempt in range(_COMMIT_TRIES):
+            if attempt:
+                time.sleep(random.uniform(0, 0.01 * attempt))  # let the other writer finish
             try:
                 with self._write() as conn:
+                    if conn.dialect.name == "postgresql":
+                        # writers of one dataset take turns for its next version number
+                        # (SQLite's writers already do: BEGIN IMMEDIATE); without it,
+                        # six processes committing to six branches ran out of retries
+                        conn.execute(
+                            sa.select(t.datasets.c.name)
+                            .where(t.datasets.c.name == dataset)
+                            .with_for_update()
+                        )
                     version = (
                         conn.execute(
                             sa.select(sa.func.max(t.snapshots.c.version)).where(
@@ -561,7 +574,13 @@ class Catalog(Lookups):
                 return self.snapshot(row["id"])
             except _Moved:
                 head = self.ref(dataset, branch)
-                if head is None or head.kind != BRANCH:
+                if head is not None and head.kind != BRANCH:
+                    raise VersionNotFoundError(
+                        f"{branch!r} is a tag of dataset {dataset!r}, not a branch: tags "
+                        "never move, and nothing was committed. Commit to a branch, or "
+                        f"start one with 'snapref branch {dataset} NEW --from {branch}'."
+                    ) from None
+                if head is None:
                     raise VersionNotFoundError(
                         f"Dataset {dataset!r} has no branch {branch!r}; nothing was "
                         f"committed. Create it with 'snapref branch {dataset} {branch}'."
@@ -581,7 +600,8 @@ class Catalog(Lookups):
                 last = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
                 continue
         raise ConflictError(
-            f"Could not allocate a version number for dataset {dataset!r} after 5 tries; "
+            f"Could not allocate a version number for dataset {dataset!r} after "
+            f"{_COMMIT_TRIES} tries; "
             f"too many concurrent commits ({last}). Try again."
         )
 
@@ -701,6 +721,10 @@ def _not_a_catalog(url: str, reason: str) -> CatalogSchemaError:
         f"{safe_url(url)} is not a snapref catalog ({reason}). "
         "Check the --catalog URL; a new repository gets its catalog from 'snapref init'."
     )
+
+
+#: how often a commit retries when another commit took its version number
+_COMMIT_TRIES = 10
 
 
 class _Moved(Exception):
