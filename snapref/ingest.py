@@ -128,6 +128,7 @@ def ingest(
             written += result.written
             bytes_written += result.bytes_written
             tick(len(batch))
+    changeset.staged_written = (written, bytes_written)  # stored batch by batch above
     if parent is not None:
         present = set(keys)
         for key in base:

@@ -37,6 +37,7 @@ from snapref.catalog.lookups import SQLiteReader, sqlite_url
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
+    CatalogUnavailableError,
     InvalidInputError,
     InvalidReferenceError,
     NotFoundError,
@@ -969,7 +970,7 @@ def _absolute_file_db(url: str) -> str:
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
-        raise InvalidInputError(
+        raise CatalogUnavailableError(  # as connect says it (catalog/engine.py)
             f"{url!r} is not a catalog URL. Give an SQLAlchemy URL, e.g. "
             "sqlite:////abs/path/catalog.db, duckdb:////abs/path/catalog.duckdb or "
             "postgresql+psycopg://user@host/db"

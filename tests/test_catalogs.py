@@ -180,6 +180,12 @@ def test_an_unreachable_catalog_is_a_clear_error(tmp_path: Path, run: Any) -> No
     assert "Cannot open the catalog" in result.output + result.stderr
     result = run("init", str(tmp_path / "wh3"), "--catalog", "not a url", code=1)
     assert "not a catalog URL" in result.output + result.stderr
+    # the same mistake is the same error whether the repository is new or not
+    with pytest.raises(snapref.CatalogUnavailableError, match="not a catalog URL"):
+        snapref.init(str(tmp_path / "wh4"), catalog="not a url")
+    snapref.init(str(tmp_path / "wh5")).close()
+    with pytest.raises(snapref.CatalogUnavailableError, match="not a catalog URL"):
+        snapref.connect(str(tmp_path / "wh5"), catalog="not a url")
 
 
 def test_a_repository_collected_while_the_engine_lock_is_held_does_not_deadlock(

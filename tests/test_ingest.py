@@ -43,6 +43,9 @@ def test_ingest_a_store_then_a_changed_copy(
     first = ingest(repo, "grid", str(src), message="Adopt the grid")
     assert first.snapshot is not None and first.snapshot.version == 1
     assert first.chunks == 16 and first.objects_written == 16
+    # the version's summary counts them too, as a transaction's does
+    assert first.snapshot.summary["objects_written"] == 16
+    assert first.snapshot.summary["bytes_written"] > first.bytes_written
     assert first.snapshot.properties == {"ingested_from": str(src)}
     g = snapref.open(repo, "grid")
     np.testing.assert_array_equal(g["v"][:], values)
@@ -52,7 +55,7 @@ def test_ingest_a_store_then_a_changed_copy(
     zarr.open_group(zarr.storage.LocalStore(src), mode="r+")["v"][0:16, 16:32] = -1
     second = ingest(repo, "grid", str(src))
     assert second.snapshot is not None and second.snapshot.version == 2
-    assert second.objects_written == 1
+    assert second.objects_written == 1 and second.snapshot.summary["objects_written"] == 1
     changed = repo.changes(second.snapshot)
     assert list(changed.values()) == ["M"] and len(changed) == 1
     values[0:16, 16:32] = -1
