@@ -103,6 +103,9 @@ class StagedReferences(MutableMapping[str, Any]):
         #: key -> new bytes (metadata), an already stored object, a reference copied
         #: from another key (fs.copy), or None (deleted)
         self.staged: dict[str, bytes | ObjectRef | VirtualRef | None] = {}
+        #: folder -> how many staged keys that are not deletions lie below it, so that
+        #: is_dir needs no scan of the staged keys (once per new file: quadratic)
+        self._live_below: dict[str, int] = {}
         #: what staging wrote to the warehouse so far (objects, bytes)
         self.objects_written = 0
         self.bytes_written = 0
@@ -166,8 +169,15 @@ class StagedReferences(MutableMapping[str, Any]):
         return sorted(keys)
 
     def is_dir(self, path: str) -> bool:
-        """True if some key lies below ``path`` (stops at the first one found)."""
-        return path == "" or next(self._visible(f"{path}/"), None) is not None
+        """True if some key lies below ``path``: a staged one (counted as staged), a
+        metadata document or file of the version (by bisection), else a chunk of an
+        array at or below ``path`` (stops at the first one found)."""
+        if path == "" or self._live_below.get(path):
+            return True
+        prefix = f"{path}/"
+        if any(k not in self.staged for k in self.base.meta_keys_under(prefix)):
+            return True
+        return next(self._base_chunks(prefix), None) is not None
 
     def list_dir(self, path: str) -> dict[str, bool]:
         """Direct children of ``path``: name -> is it a directory."""
@@ -191,9 +201,13 @@ class StagedReferences(MutableMapping[str, Any]):
         for key, value in list(self.staged.items()):
             if value is not None and key.startswith(prefix):
                 yield key
-        for key in self.base.meta_keys():
-            if key.startswith(prefix) and key not in self.staged:
+        for key in self.base.meta_keys_under(prefix):
+            if key not in self.staged:
                 yield key
+        yield from self._base_chunks(prefix, one_per_array_below)
+
+    def _base_chunks(self, prefix: str, one_per_array_below: bool = False) -> Iterator[str]:
+        """Chunk keys of the version starting with ``prefix`` and not staged."""
         for array in self.base.arrays:
             folder = f"{array}/" if array else ""
             if not (folder.startswith(prefix) or prefix.startswith(folder)):
@@ -247,12 +261,12 @@ class StagedReferences(MutableMapping[str, Any]):
             value = value.encode()
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"Only bytes can be written to key {key!r}, not {type(value)}")
-        self.staged[key] = bytes(value)
+        self._stage(key, bytes(value))
 
     def stage_object(self, key: str, ref: ObjectRef, written: bool) -> None:
         """Stage ``key`` as an object already stored in the warehouse."""
         validate_key(key)
-        self.staged[key] = ref
+        self._stage(key, ref)
         if written:
             self.objects_written += 1
             self.bytes_written += ref.size
@@ -265,12 +279,34 @@ class StagedReferences(MutableMapping[str, Any]):
             value = VirtualRef(*value)
         elif not isinstance(value, ObjectRef):
             value = bytes(value)
-        self.staged[key] = value
+        self._stage(key, value)
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
             raise KeyError(key)
-        self.staged[key] = None
+        self._stage(key, None)
+
+    def unstage(self, key: str) -> None:
+        """Forget what was staged at ``key``: it shows the version's value again."""
+        if key in self.staged:
+            self._stage(key, None)
+            del self.staged[key]
+
+    def discard_all(self) -> None:
+        """Forget everything staged."""
+        self.staged.clear()
+        self._live_below.clear()
+
+    def _stage(self, key: str, value: bytes | ObjectRef | VirtualRef | None) -> None:
+        """Every change of :attr:`staged` goes here, which keeps the folder counts."""
+        was_live = self.staged.get(key) is not None
+        self.staged[key] = value
+        if was_live != (value is not None):
+            step = 1 if value is not None else -1
+            folder = key
+            while "/" in folder:
+                folder = folder.rpartition("/")[0]
+                self._live_below[folder] = self._live_below.get(folder, 0) + step
 
 
 class SnapshotFileSystem(ReferenceFileSystem):

@@ -490,6 +490,7 @@ class _Graph:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self._chains: dict[str, dict[str, int]] = {}
+        self._roots: dict[str, str] = {}
         self._manifests: dict[str, Manifest] = {}
         self._snaps: dict[str, Snapshot] = {}
 
@@ -499,6 +500,14 @@ class _Graph:
             ids = self.repo.db.chain_ids(start)
             self._chains[start] = {s: i for i, s in enumerate(ids)}
         return self._chains[start]
+
+    def root(self, start: str) -> str:
+        """The first version on ``start``'s first-parent chain (once per chain: a
+        whole array's blame asks for every chunk no later version wrote)."""
+        if start not in self._roots:
+            chain = self.chain(start)
+            self._roots[start] = max(chain, key=chain.__getitem__)
+        return self._roots[start]
 
     def manifest(self, snap_id: str) -> Manifest:
         if snap_id not in self._manifests:
@@ -516,7 +525,7 @@ class _Graph:
             chain = self.chain(start)
             hits = [(d, s) for s, d in ((s, chain.get(s)) for s in changed) if d is not None]
             if not hits:
-                return max(chain, key=chain.__getitem__)  # the root wrote it
+                return self.root(start)  # the root wrote it
             best = min(hits)[1]
             parents = self.snapshot(best).parents
             # a merge that took the other side's value: blame the other side's writer
@@ -577,23 +586,25 @@ def blame(
         raise NotFoundError(
             f"{snap.dataset} version {snap.version} has no array {array!r} (arrays: {arrays})"
         )
+    refs: dict[str, Ref] = {}  # what the section listing read already
     if index is not None:
         key, coords = chunk_key(info, index)
         keys = {key: coords}
         changes = repo.db.key_changes(snap.dataset, [key])
     else:
         keys = {}
-        for key, _ in manifest.section_items(f"array:{array}"):
+        for key, ref in manifest.section_items(f"array:{array}"):
             c = info.coords(key)
             if c is not None:
                 keys[key] = c
+                refs[key] = ref
         changes = repo.db.changed_keys_under(snap.dataset, f"{array}/" if array else "")
     graph = _Graph(repo)
     ancestors = repo.db.ancestor_ids(snap.id) if history else set()
-    root = max(graph.chain(snap.id).items(), key=lambda kv: kv[1])[0]
+    root = graph.root(snap.id)
     lines = []
     for key, coords in keys.items():
-        ref = manifest.get(key)
+        ref = refs[key] if key in refs else manifest.get(key)
         changed = changes.get(key, {})
         region = info.slices([(c, c + 1) for c in coords])
         writer = graph.writer(snap.id, key, changed) if ref is not None else None

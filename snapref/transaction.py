@@ -423,7 +423,7 @@ class Transaction:
         stored as objects; nothing reaches them, as after a crash.)"""
         self._check_open()
         self._close()
-        self.staged.staged.clear()
+        self.staged.discard_all()
 
     def _close(self) -> None:
         self._closed = True

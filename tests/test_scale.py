@@ -77,3 +77,17 @@ def test_opening_a_version_loads_only_needed_shards(tmp_path: Path) -> None:
     assert v[150, 150] == 150 * 200 + 150
     # the metadata shard and the one shard holding the chunk
     assert len(SHARD_CACHE._items) == 2
+
+
+def test_a_shard_answers_the_same_before_and_after_it_caches_its_rows(tmp_path: Path) -> None:
+    # after a few single-row reads from Arrow, a shard reads its columns into lists once
+    repo = snapref.init(str(tmp_path / "wh"))
+    repo.import_references("large", _virtual_dataset(tmp_path, 100), "10,000 chunks")
+    SHARD_CACHE.clear()
+    manifest = repo.manifest(repo.head("large"))
+    keys = [f"v/{i}.{j}" for i in range(0, 100, 3) for j in range(0, 100, 7)]
+    first = [manifest.get(k) for k in keys]
+    SHARD_CACHE.clear()
+    again = repo.manifest(repo.head("large"))
+    assert [again.get(k) for k in reversed(keys)] == first[::-1]
+    assert all(r is not None for r in first) and again.get("v/100.0") is None

@@ -74,7 +74,7 @@ def _commit_below(staged: StagedReferences, changes: dict[str, Ref]) -> None:
     """Make ``changes`` part of the version under the staging layer."""
     staged.base = ManifestWriter(staged.base).write(changes).manifest
     for key in changes:
-        staged.staged.pop(key, None)
+        staged.unstage(key)
 
 
 class TestTransactionStore(_RunsOnZarrLoop, StoreTests[SnapshotStore, cpu.Buffer]):
