@@ -30,6 +30,7 @@ one per request.
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
@@ -72,19 +73,25 @@ _PER_LOOP: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
+#: threads that each run a loop meet in _PER_LOOP: listing it while another adds to
+#: it raised "dictionary changed size during iteration"
+_PER_LOOP_LOCK = threading.Lock()
+
+
 def _filesystems(repo: Repository) -> _LoopFilesystems:
-    # an async filesystem's session refers back to its loop, so an entry would keep
-    # its own key alive: the entries of closed loops (each asyncio.run) go here
-    for loop in [loop for loop in _PER_LOOP if loop.is_closed()]:
-        _PER_LOOP.pop(loop, None)
     loop = asyncio.get_running_loop()
-    per_repo = _PER_LOOP.get(loop)
-    if per_repo is None:
-        per_repo = _PER_LOOP[loop] = weakref.WeakKeyDictionary()
-    shared = per_repo.get(repo)
-    if shared is None:
-        shared = per_repo[repo] = _LoopFilesystems(repo)
-    return shared
+    with _PER_LOOP_LOCK:
+        # an async filesystem's session refers back to its loop, so an entry would
+        # keep its own key alive: the entries of closed loops (each asyncio.run) go
+        for closed in [other for other in _PER_LOOP if other.is_closed()]:
+            _PER_LOOP.pop(closed, None)
+        per_repo = _PER_LOOP.get(loop)
+        if per_repo is None:
+            per_repo = _PER_LOOP[loop] = weakref.WeakKeyDictionary()
+        shared = per_repo.get(repo)
+        if shared is None:
+            shared = per_repo[repo] = _LoopFilesystems(repo)
+        return shared
 
 
 async def open_snapshot_async(repo: Repository, snapshot: Snapshot) -> zarr.AsyncGroup:

@@ -30,7 +30,7 @@ from snapref.errors import (
     ReadOnlyError,
     TransactionClosedError,
 )
-from snapref.keys import is_metadata_key, validate_key
+from snapref.keys import array_path_of, is_metadata_key, validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
 from snapref.objects import BytesLike, ContentStore, new_async_fs, wrapped_fs
 from snapref.refs import has_dot_segments
@@ -233,7 +233,7 @@ class StagedReferences(MutableMapping[str, Any]):
                 "that node first (rm -r), or write to a key inside it."
             )
         parents = list(itertools.accumulate(key.split("/")[:-1], lambda a, b: f"{a}/{b}"))
-        if "" in self.base.arrays or any(self._is_array_folder(p) for p in parents):
+        if any(self._is_array_folder(p) for p in ["", *parents]):
             return  # a chunk: its array's keys are zarr's (and looking costs shard reads)
         for parent in parents:
             if parent in self:
@@ -249,11 +249,14 @@ class StagedReferences(MutableMapping[str, Any]):
             )
 
     def _is_array_folder(self, path: str) -> bool:
-        return (
-            path in self.base.arrays
-            or f"{path}/.zarray" in self.staged
-            or f"{path}/zarr.json" in self.staged
-        )
+        """Whether ``path`` is an array as staged: its metadata document, written in
+        this transaction (an array, not a group; not deleted), else the version's."""
+        for name in (".zarray", "zarr.json"):
+            key = f"{path}/{name}" if path else name
+            if key in self.staged:
+                value = self.staged[key]
+                return isinstance(value, bytes) and array_path_of(key, value) is not None
+        return path in self.base.arrays
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.check_new_file(key)

@@ -488,6 +488,7 @@ class Repository:
             author=author,
             properties=properties,
             allow_sources=allow_sources,
+            noop_on_branch=True,
         )
         if snap is not None and isinstance(refs, str) and refs != "-":
             # the file now matches the new version: further edits continue from it

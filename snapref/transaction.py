@@ -96,6 +96,20 @@ class ChangeSet:
             real = {k: r for k, r in changes.items() if r is not None}
         else:
             real = {k: r for k, r in changes.items() if not _same(k, base.get(k), r)}
+            if any(is_metadata_key(k) for k in real):
+                # a copy recorded before snapref left consolidated metadata out would go
+                # stale with this change (plain kerchunk readers use it): it goes too
+                for key in base.meta_keys():
+                    if key in real or posixpath.basename(key) not in (".zmetadata", "zarr.json"):
+                        continue
+                    before = base.get(key)
+                    if not isinstance(before, InlineRef):
+                        continue
+                    data = without_consolidated(key, before.data)
+                    if data is None:
+                        real[key] = None
+                    elif data is not before.data:
+                        real[key] = InlineRef(data)
         needed = {r.digest for r in real.values() if isinstance(r, ObjectRef)}
         return ChangeSet(
             real,
@@ -179,13 +193,17 @@ def commit_changes(
     description: str = "",
     merged_parents: Sequence[str] = (),
     action: str = "commit",
+    noop_on_branch: bool = False,
 ) -> Snapshot | None:
     """Write ``changeset`` as a new version of ``dataset`` on ``branch``.
 
     ``parent`` None creates the dataset. Returns the new snapshot, or None when the
     changes turn out to change nothing. ``merged_parents`` are further parents (a
     merge commit, recorded even when it changes no key: it says the other branch's
-    history is merged); ``action`` is what the ref log records.
+    history is merged); ``action`` is what the ref log records. With
+    ``noop_on_branch`` (a committed reference file), changes that turn out to be none
+    still need ``branch`` to hold ``parent``: the file's state is not on a branch that
+    points elsewhere, and saying "nothing changed" would leave it there unsaid.
 
     Raises
     ------
@@ -206,10 +224,14 @@ def commit_changes(
             check_text(what, text)
     changeset = changeset.without_noops(base)
     if parent is not None and not (changeset.changes or changeset.sections or merged_parents):
-        # nothing to record, if the branch holds this state: it exists (not a tag), and
-        # the version the changes start from is its head or behind it
+        # nothing to record, if the branch exists (not a tag) and, for a reference
+        # file, holds the version the changes start from (its head or behind it)
         head = repo.head(dataset, branch)
-        if head.id != parent.id and parent.id not in repo.db.ancestor_ids(head.id):
+        if (
+            noop_on_branch
+            and head.id != parent.id
+            and parent.id not in repo.db.ancestor_ids(head.id)
+        ):
             raise ConflictError(
                 f"Branch {branch!r} of dataset {dataset!r} does not hold version "
                 f"{parent.version} ({parent.id[:12]}), where these changes start: it "

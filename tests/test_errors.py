@@ -301,6 +301,10 @@ def test_a_commit_that_changes_nothing_still_checks_its_branch(
         zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 3
     assert air.commit_references("air", work, "m") is None
     assert air.head("air").version == 3
+    # a transaction that wrote nothing records nothing, wherever its branch went
+    tx = air.transaction("air", message="nothing")
+    air.reset("air", 2)
+    assert tx.commit() is None and air.head("air").version == 2
 
 
 def test_a_byte_range_of_a_warehouse_object_is_those_bytes(

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pytest
 import zarr
@@ -112,6 +113,40 @@ def test_consolidated_metadata_is_not_recorded_so_it_never_goes_stale(
         (ds * 2).to_zarr(tx.store, mode="w", zarr_format=zarr_format)
     assert not [k for k in repo.to_references("grid")["refs"] if k.endswith(".zmetadata")]
     np.testing.assert_array_equal(snapref.open_dataset(repo, "grid").t.values, ds.t.values * 2)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_consolidated_metadata_recorded_by_an_older_snapref_goes_with_the_next_change(
+    repo: snapref.Repository,
+    tmp_path: Path,
+    zarr_format: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # versions made before snapref left it out still hold it; kept, the plain-kerchunk
+    # export of every later version showed the old shapes to xarray's default open
+    import xarray as xr
+
+    import snapref.transaction
+
+    src = tmp_path / "src.zarr"
+    ds = xr.Dataset({"t": (("time",), np.arange(4.0))})
+    ds.to_zarr(src, zarr_format=zarr_format, consolidated=True)
+    with monkeypatch.context() as m:  # as an older snapref recorded it
+        m.setattr(snapref.transaction, "without_consolidated", lambda key, data: data)
+        ingest(repo, "old", str(src), message="ingest")
+    refs = repo.to_references("old")["refs"]
+    root = "zarr.json" if zarr_format == 3 else ".zmetadata"
+    assert ".zmetadata" in refs or "consolidated_metadata" in refs[root]
+    with repo.transaction("old", message="append") as tx:
+        zarr.open_group(tx.store, mode="r+")["t"].append(np.array([4.0, 5.0]))
+    refs = repo.to_references("old")
+    assert ".zmetadata" not in refs["refs"]
+    assert "consolidated_metadata" not in refs["refs"].get("zarr.json", "")
+    mapper = fsspec.filesystem("reference", fo=refs).get_mapper()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with xr.open_zarr(mapper) as back:  # the default open, consolidated or not
+            np.testing.assert_array_equal(back.t.values, np.arange(6.0))
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

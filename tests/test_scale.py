@@ -91,3 +91,27 @@ def test_a_shard_answers_the_same_before_and_after_it_caches_its_rows(tmp_path: 
     again = repo.manifest(repo.head("large"))
     assert [again.get(k) for k in reversed(keys)] == first[::-1]
     assert all(r is not None for r in first) and again.get("v/100.0") is None
+
+
+def test_the_shard_cache_is_bounded_by_what_its_shards_hold() -> None:
+    # bounded by count, 256 shards thrashed on datasets of more arrays; bounded by Arrow
+    # bytes alone, it ignored the key index and Python rows a used shard grows
+    from snapref.manifest import Shard, VirtualRef, _ShardCache, encode_shard
+
+    def shard(n: int) -> tuple[Shard, dict[str, VirtualRef]]:
+        refs = {
+            f"v{n}/{i}": VirtualRef(f"s3://bucket/data/file_{n:04d}.nc", i * 8192, 8192)
+            for i in range(2000)
+        }
+        return Shard.decode(encode_shard(sorted(refs.items()))), refs
+
+    cache = _ShardCache(capacity=4 << 20)
+    for n in range(30):
+        s, refs = shard(n)
+        cache.put(str(n), s)
+        for key in list(refs)[:64]:  # used enough to keep its rows as Python lists
+            assert s.get(key) == refs[key]
+    kept = list(cache._items.values())
+    assert 1 < len(kept) < 30 and cache.get("29") is kept[-1]
+    assert sum(s.weight for s in kept[:-1]) <= 4 << 20
+    assert all(s.weight > 2 * s.table.nbytes for s in kept)

@@ -314,11 +314,24 @@ def test_a_key_is_never_a_file_and_a_folder(empty_repo: snapref.Repository) -> N
     tx.fs.pipe_file("docs/more", b"m")  # beside a file, inside a folder: fine
     assert tx.fs.find("") == [".zgroup", "data.bin", "docs/more", "docs/readme"]
     assert tx.fs.isfile("data.bin") and not tx.fs.isdir("data.bin")
+    # below a group or a deleted array, made in this transaction, the same rule holds
+    # (only an array's own folder is left to zarr)
+    zarr.open_group(tx.store, mode="r+").create_group("new")
+    tx.fs.pipe_file("new/notes", b"n")
+    with pytest.raises(snapref.InvalidKeyError, match="'new/notes' is a file"):
+        tx.fs.pipe_file("new/notes/more", b"x")
     # a file removed frees its name for a folder, in the same transaction
     tx.fs.rm("data.bin")
     tx.fs.pipe_file("data.bin/part", b"p")
     assert tx.commit() is not None
     assert empty_repo.filesystem("ds").cat_file("data.bin/part") == b"p"
+    with empty_repo.transaction("ds", message="an array") as tx:
+        zarr.create_array(tx.store, name="arr", shape=(4,), chunks=(2,), dtype="i4")[:] = 1
+    with empty_repo.transaction("ds", message="its folder as files") as tx:
+        tx.fs.rm("arr", recursive=True)
+        tx.fs.pipe_file("arr/f", b"f")
+        with pytest.raises(snapref.InvalidKeyError, match="'arr/f' is a file"):
+            tx.fs.pipe_file("arr/f/g", b"g")
 
 
 def test_rm_file_of_a_missing_key_or_a_folder_says_so(empty_repo: snapref.Repository) -> None:

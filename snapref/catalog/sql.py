@@ -546,7 +546,10 @@ class Catalog(Lookups):
                         conn.execute(
                             sa.select(t.datasets.c.name)
                             .where(t.datasets.c.name == dataset)
-                            .with_for_update()
+                            # FOR NO KEY UPDATE: a reset's ref_log insert takes KEY SHARE
+                            # on this row for its foreign key, which FOR UPDATE blocks
+                            # (a reset and a commit then deadlocked)
+                            .with_for_update(key_share=True)
                         )
                     version = (
                         conn.execute(
