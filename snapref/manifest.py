@@ -195,13 +195,11 @@ class Shard:
 
     @property
     def weight(self) -> int:
-        """The bytes this shard holds, a little over: its Arrow table, then its key
-        index and Python rows once made (a Python object per value: ~50 bytes each
-        beside the text, and the dict's or lists' slots)."""
+        """The bytes this shard may come to hold, a little over: its Arrow table, and
+        the key index and Python rows it makes as it is used (a Python object per
+        value: ~50 bytes each beside the text, and the dict's or lists' slots)."""
         n, arrow = self.table.num_rows, self.table.nbytes
-        index = self.table.column("key").nbytes + 150 * n if self._index is not None else 0
-        rows = arrow + 60 * len(_SCHEMA.names) * n if self._rows is not None else 0
-        return arrow + index + rows
+        return 2 * arrow + self.table.column("key").nbytes + (150 + 60 * len(_SCHEMA.names)) * n
 
     def get(self, key: str) -> Ref | None:
         i = self.index.get(key)
@@ -279,14 +277,14 @@ def ref_of(kind: int, data: Any, digest: Any, url: Any, offset: Any, length: Any
 
 class _ShardCache:
     """Process-wide LRU of decoded shards, keyed by content digest (safe to share:
-    the same digest always means the same bytes), bounded by the memory they hold
-    (:attr:`Shard.weight`, counted again at each insertion, since a shard grows its
-    index and rows as it is used): a bound by count thrashed on datasets of more
-    arrays than it held (each array has its own shards), decoding the same shards
-    again on every open."""
+    the same digest always means the same bytes), bounded by the memory they may hold
+    (:attr:`Shard.weight`, charged in full when a shard comes in): a bound by count
+    thrashed on datasets of more arrays than it held (each array has its own shards),
+    decoding the same shards again on every open."""
 
     def __init__(self, capacity: int = 256 << 20) -> None:
         self.capacity = capacity
+        self._held = 0
         self._items: OrderedDict[str, Shard] = OrderedDict()
         # threads share it (zarr's, dask's): without the lock, an entry evicted between
         # a get and its move_to_end raised KeyError, which a reference lookup reads
@@ -302,16 +300,19 @@ class _ShardCache:
 
     def put(self, digest: str, shard: Shard) -> None:
         with self._lock:
+            old = self._items.pop(digest, None)
+            if old is not None:
+                self._held -= old.weight
             self._items[digest] = shard
-            self._items.move_to_end(digest)
-            held = sum(s.weight for s in self._items.values())
-            while held > self.capacity and len(self._items) > 1:
+            self._held += shard.weight
+            while self._held > self.capacity and len(self._items) > 1:
                 _, evicted = self._items.popitem(last=False)
-                held -= evicted.weight
+                self._held -= evicted.weight
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._held = 0
 
 
 SHARD_CACHE = _ShardCache()
