@@ -414,12 +414,7 @@ def _changed_regions(
     """The boxes of an array that changed, in array coordinates: a removed chunk is
     where the old version had it, an added one where the new has it (an array cut
     short, or rechunked, differs in both places)."""
-    if (
-        old is not None
-        and new is not None
-        and old.same_grid(new)
-        and len(old.shape) == len(new.shape)
-    ):
+    if old is not None and new is not None and old.same_grid(new):
         # one grid: the boxes of every changed chunk, within the larger of the shapes
         both = replace(new, shape=tuple(map(max, old.shape, new.shape)))
         coords = [c for _, k in ops if (c := both.coords(k)) is not None]

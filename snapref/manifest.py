@@ -29,6 +29,7 @@ length  int64      byte length (inline and object: size; virtual: range length)
 from __future__ import annotations
 
 import bisect
+import functools
 import io
 import threading
 from collections import OrderedDict
@@ -468,10 +469,11 @@ class Manifest(Mapping[str, Ref]):
     def meta_keys(self) -> list[str]:
         """Every key of the ``meta`` section, sorted: zarr metadata and non-chunk files
         (read once: a manifest never changes, and listings ask for them often)."""
-        keys: list[str] | None = self.__dict__.get("_meta_keys")
-        if keys is None:
-            keys = self.__dict__["_meta_keys"] = sorted(k for k, _ in self.section_items(META))
-        return keys
+        return self._meta_keys
+
+    @functools.cached_property
+    def _meta_keys(self) -> list[str]:
+        return sorted(k for k, _ in self.section_items(META))
 
     def meta_keys_under(self, prefix: str) -> Iterator[str]:
         """The ``meta`` keys that start with ``prefix``, found by bisection."""

@@ -282,7 +282,7 @@ def _expand_gen(gens: Iterable[Any], templates: Mapping[str, str]) -> Iterable[t
             url = _render(str(url_t), env, where)
             if "offset" in gen:
                 offset, length = (_render(str(gen[n]), env, where) for n in ("offset", "length"))
-                if not (offset.isdigit() and length.isdigit()):
+                if not all(v.isascii() and v.isdigit() for v in (offset, length)):
                     raise InvalidReferenceError(
                         f"Key {key!r} of {where}: offset and length must be non-negative "
                         f"integers, got {offset!r} and {length!r}"

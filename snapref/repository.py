@@ -1000,8 +1000,6 @@ def _object_range(repo: Repository, key: str, digest: str, ref: VirtualRef) -> b
             f"Key {key!r}: the range [{start}, {start + length}) lies beyond the "
             f"{len(data)} bytes of {ref.url}. Give a range inside the object, or [url]."
         )
-    if start == 0 and length == len(data):
-        return data
     return data[start : start + length]
 
 

@@ -79,37 +79,14 @@ class ChangeSet:
         """The changes that really differ from ``base`` (and only their objects); a
         metadata document rewritten with the same JSON value is no change, and zarr's
         consolidated metadata is not recorded (:func:`~snapref.keys.without_consolidated`)."""
-        changes = self.changes
-        if any(is_metadata_key(k) for k in changes):
-            changes = {}
-            for k, r in self.changes.items():
-                if isinstance(r, InlineRef) and is_metadata_key(k):
-                    data = without_consolidated(k, r.data)
-                    if data is None:
-                        continue
-                    r = r if data is r.data else InlineRef(data)
-                elif r is not None and posixpath.basename(k) == ".zmetadata":
-                    continue
-                changes[k] = r
+        changes = _without_consolidated(self.changes)
         real: dict[str, Ref | None]
         if base.is_empty:
             real = {k: r for k, r in changes.items() if r is not None}
         else:
             real = {k: r for k, r in changes.items() if not _same(k, base.get(k), r)}
             if any(is_metadata_key(k) for k in real):
-                # a copy recorded before snapref left consolidated metadata out would go
-                # stale with this change (plain kerchunk readers use it): it goes too
-                for key in base.meta_keys():
-                    if key in real or posixpath.basename(key) not in (".zmetadata", "zarr.json"):
-                        continue
-                    before = base.get(key)
-                    if not isinstance(before, InlineRef):
-                        continue
-                    data = without_consolidated(key, before.data)
-                    if data is None:
-                        real[key] = None
-                    elif data is not before.data:
-                        real[key] = InlineRef(data)
+                real.update(_stale_consolidated(base, real))
         needed = {r.digest for r in real.values() if isinstance(r, ObjectRef)}
         return ChangeSet(
             real,
@@ -164,6 +141,40 @@ def check_new_dataset(dataset: str, branch: str) -> None:
             f"{MAIN_BRANCH!r}, not {branch!r}. Create it without a branch, then "
             f"'snapref branch {dataset} {branch}' and work there."
         )
+
+
+def _without_consolidated(changes: dict[str, Ref | None]) -> dict[str, Ref | None]:
+    """``changes`` less zarr's consolidated metadata (:func:`keys.without_consolidated`;
+    a deletion of a ``.zmetadata`` key stays)."""
+    if not any(is_metadata_key(k) for k in changes):
+        return changes
+    out: dict[str, Ref | None] = {}
+    for key, ref in changes.items():
+        if isinstance(ref, InlineRef):
+            data = without_consolidated(key, ref.data)
+            if data is None:
+                continue
+            ref = ref if data is ref.data else InlineRef(data)
+        elif ref is not None and posixpath.basename(key) == ".zmetadata":
+            continue
+        out[key] = ref
+    return out
+
+
+def _stale_consolidated(base: Manifest, changes: Mapping[str, Ref | None]) -> dict[str, Ref | None]:
+    """The removal of consolidated metadata that a version recorded before snapref left
+    it out, and that ``changes`` (to metadata) would leave stale for plain kerchunk
+    readers: ``.zmetadata`` keys deleted, group ``zarr.json`` documents stripped."""
+    out: dict[str, Ref | None] = {}
+    for key in base.meta_keys():
+        if key in changes or posixpath.basename(key) not in (".zmetadata", "zarr.json"):
+            continue
+        before = base.get(key)
+        if isinstance(before, InlineRef):
+            data = without_consolidated(key, before.data)
+            if data is not before.data:
+                out[key] = None if data is None else InlineRef(data)
+    return out
 
 
 def _same(key: str, before: Ref | None, after: Ref | None) -> bool:

@@ -163,6 +163,7 @@ def test_templates_and_generators_are_expanded(repo: snapref.Repository, tmp_pat
         ("{{u}}", {"stop": "2"}, "0", r"dimension 'i' must be a list of values"),
         ("{{u}}", {"stop": 2, "step": 0}, "0", r"dimension 'i' must be a list"),
         ("{{u}}", {"stop": 2}, "{{i * 10}}x", r"Key 'x/1'.*offset and length.*'0x'"),
+        ("{{u}}", {"stop": 2}, "{{i}}\u00b2", r"Key 'x/1'.*offset and length.*'0\u00b2'"),
     ],
 )
 def test_bad_templates_and_generators_are_named(
