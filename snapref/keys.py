@@ -18,6 +18,7 @@ __all__ = [
     "METADATA_NAMES",
     "array_path_of",
     "chunk_coords",
+    "chunk_index",
     "is_metadata_key",
     "node_path",
     "validate_key",
@@ -30,7 +31,11 @@ METADATA_NAMES = frozenset({".zarray", ".zattrs", ".zgroup", ".zmetadata", "zarr
 
 
 _CHUNK_INDEX = re.compile(r"[0-9]+(?:[./][0-9]+)*", re.ASCII)
-_SEPARATOR = re.compile(r"[./]")
+#: keys that need no closer look (validate_key): components that are not empty and do
+#: not start with '.', but the last, which is not '.' or '..'
+_PLAIN_KEY = re.compile(
+    r"(?:[^/.\\\x00][^/\\\x00]*/)*(?:[^/.\\\x00][^/\\\x00]*|\.[^/.\\\x00][^/\\\x00]*)"
+)
 
 
 def validate_key(key: str) -> str:
@@ -43,6 +48,9 @@ def validate_key(key: str) -> str:
         components (``a//b``) or ``.``/``..`` components that could escape the dataset,
         or goes below a metadata document (``a/.zarray/b``).
     """
+    if type(key) is str and _PLAIN_KEY.fullmatch(key) and "zarr.json/" not in key:
+        return key  # the common case, in one scan: no component is empty or starts
+        # with '.' but the last (so none is '.', '..' or .zarray), no backslash or NUL
     if not isinstance(key, str) or not key:
         raise InvalidKeyError(f"Invalid key {key!r}: keys must be non-empty strings")
     if key.startswith("/"):
@@ -145,14 +153,22 @@ def chunk_coords(array: str, key: str) -> tuple[int, ...] | None:
     Understands the zarr v2 encodings (``3.4``, ``3/4``, ``0`` for 0-d arrays) and the
     v3 ones (``c/3/4``, ``c.3.4``, ``c`` for 0-d arrays, and v2-style keys).
     """
-    prefix = f"{array}/" if array else ""
-    if not key.startswith(prefix):
+    if not array:
+        return chunk_index(key)
+    if not key.startswith(array) or key[len(array) : len(array) + 1] != "/":
         return None
-    rest = key[len(prefix) :]
-    if rest == "c":
+    return chunk_index(key[len(array) + 1 :])
+
+
+def chunk_index(name: str) -> tuple[int, ...] | None:
+    """Chunk grid coordinates of the key ``name`` relative to its array's folder (see
+    :func:`chunk_coords`), or None if it is no chunk key."""
+    if name == "c":
         return ()
-    if rest.startswith(("c/", "c.")):
-        rest = rest[2:]
-    if _CHUNK_INDEX.fullmatch(rest) is None:
+    if name.startswith(("c/", "c.")):
+        name = name[2:]
+    if _CHUNK_INDEX.fullmatch(name) is None:
         return None
-    return tuple(map(int, _SEPARATOR.split(rest)))
+    if "/" in name:
+        name = name.replace("/", ".")
+    return tuple(map(int, name.split(".")))

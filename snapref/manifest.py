@@ -45,7 +45,7 @@ from fsspec.asyn import AsyncFileSystem
 
 from snapref import progress
 from snapref.errors import CatalogSchemaError, InvalidReferenceError
-from snapref.keys import array_path_of, chunk_coords, is_metadata_key
+from snapref.keys import array_path_of, chunk_coords, chunk_index, is_metadata_key
 from snapref.objects import PutResult, Warehouse, content_hash
 
 __all__ = [
@@ -118,6 +118,20 @@ def encode_shard(entries: list[tuple[str, Ref]]) -> bytes:
 
 
 def _table_of(entries: list[tuple[str, Ref]]) -> pa.Table:
+    if entries and all(type(ref) is VirtualRef for _, ref in entries):
+        # a kerchunk import's chunks: no per-row tuples (10^6 of them)
+        refs: list[VirtualRef] = [ref for _, ref in entries]  # type: ignore[misc]
+        n = len(refs)
+        cols: dict[str, Any] = {
+            "key": [key for key, _ in entries],
+            "kind": pa.repeat(pa.scalar(KIND_VIRTUAL, pa.int8()), n),
+            "data": pa.nulls(n, pa.binary()),
+            "digest": pa.nulls(n, pa.string()),
+            "url": [ref.url for ref in refs],
+            "offset": [ref.offset for ref in refs],
+            "length": [ref.length for ref in refs],
+        }
+        return pa.table(cols, schema=_SCHEMA)
     rows = [_row_of_ref(ref) for _, ref in entries]
     columns = list(zip(*rows, strict=True)) if rows else [()] * 6
     cols = {"key": [key for key, _ in entries]}
@@ -399,11 +413,11 @@ class Manifest(Mapping[str, Ref]):
         return section_of(key, arrays)
 
     def _shard_info(self, key: str) -> ShardInfo | None:
-        section = self.section_of(key)
+        section, order = _place(key, self.arrays)
         infos = self.sections.get(section)
         if not infos:
             return None
-        i = max(bisect.bisect_right(self._firsts[section], _sort_key(section, key)) - 1, 0)
+        i = max(bisect.bisect_right(self._firsts[section], order) - 1, 0)
         return infos[i]
 
     def _load(self, info: ShardInfo) -> Shard:
@@ -502,22 +516,58 @@ def _manifest_doc(
 
 def section_of(key: str, arrays: frozenset[str]) -> str:
     """Section of ``key``: its array's, if it is a chunk of one, else ``meta``."""
-    return _place(key, arrays)[0]
+    return _placer(arrays)(key)[0]
 
 
 def _place(key: str, arrays: frozenset[str]) -> tuple[str, tuple[Any, ...]]:
     """Section of ``key`` and its sort key there, parsing the key once."""
-    if not is_metadata_key(key):
-        path = key
-        while "/" in path or path:
-            path = path.rpartition("/")[0] if "/" in path else ""
-            if path in arrays:
-                coords = chunk_coords(path, key)
+    return _placer(arrays)(key)
+
+
+@functools.lru_cache(maxsize=32)
+def _placer(arrays: frozenset[str]) -> _Placer:
+    return _Placer(arrays)
+
+
+class _Placer:
+    """Places keys given the set of array paths: a key is a chunk of the nearest array
+    above it whose chunk key grammar it matches, else it belongs to ``meta``. The
+    arrays above each folder are found once per folder (an import places 10^6 keys
+    that share a few folders)."""
+
+    __slots__ = ("_above", "arrays")
+
+    #: folders remembered at most (zarr v3 chunk keys make one per row of chunks)
+    _MAX_FOLDERS = 1 << 16
+
+    def __init__(self, arrays: frozenset[str]) -> None:
+        self.arrays = arrays
+        self._above: dict[str, tuple[tuple[str, str], ...]] = {}
+
+    def __call__(self, key: str) -> tuple[str, tuple[Any, ...]]:
+        if not is_metadata_key(key):
+            folder = key.rpartition("/")[0]
+            above = self._above.get(folder)
+            if above is None:
+                if len(self._above) >= self._MAX_FOLDERS:
+                    self._above.clear()
+                above = self._above[folder] = self._arrays_above(folder)
+            for path, section in above:
+                coords = chunk_index(key[len(path) + 1 :] if path else key)
                 if coords is not None:
-                    return _array_section(path), (coords, key)
+                    return section, (coords, key)
+        return META, ((), key)
+
+    def _arrays_above(self, folder: str) -> tuple[tuple[str, str], ...]:
+        """(path, section) of the arrays at ``folder`` and above it, nearest first."""
+        found = []
+        path = folder
+        while True:
+            if path in self.arrays:
+                found.append((path, _array_section(path)))
             if not path:
-                break
-    return META, ((), key)
+                return tuple(found)
+            path = path.rpartition("/")[0]
 
 
 # -- writing new manifests ---------------------------------------------------------------
@@ -766,16 +816,19 @@ def _changes_by_section(
     """
     out: dict[str, dict[str, Ref | None]] = {}
     sort_keys: dict[str, dict[str, tuple[Any, ...]]] = {}  # section -> key -> order
+    place, place_before = _placer(arrays), _placer(base.arrays)
+    moves = not base.is_empty and arrays != base.arrays
 
     def put(key: str, ref: Ref | None) -> None:
-        new, order = _place(key, arrays)
-        sort_keys.setdefault(new, {})[key] = order
-        out.setdefault(new, {})[key] = ref
-        if base.is_empty:
-            return
-        old = section_of(key, base.arrays)
-        if old != new and old in base.sections:
-            out.setdefault(old, {}).setdefault(key, None)
+        new, order = place(key)
+        if new not in out:
+            out[new], sort_keys[new] = {}, {}
+        sort_keys[new][key] = order
+        out[new][key] = ref
+        if moves:
+            old = place_before(key)[0]
+            if old != new and old in base.sections:
+                out.setdefault(old, {}).setdefault(key, None)
 
     for key, ref in changes.items():
         put(key, ref)

@@ -159,13 +159,17 @@ class ContentStore:
         """Filesystem path of the file named ``digest``."""
         return self.warehouse.path(self.kind, digest[:2], digest[2:] + self.suffix)
 
+    @functools.cached_property
+    def _url_prefix(self) -> str:
+        return self.warehouse.fs.unstrip_protocol(self.warehouse.path(self.kind)) + "/"
+
     def url(self, digest: str) -> str:
         """Full URL (with protocol) of the file named ``digest``; what exports point at."""
-        return self.warehouse.fs.unstrip_protocol(self.path(digest))
+        return f"{self._url_prefix}{digest[:2]}/{digest[2:]}{self.suffix}"
 
     def digest_of_url(self, url: str) -> str | None:
         """Inverse of :meth:`url`: the digest if ``url`` names a file of this store."""
-        prefix = self.warehouse.fs.unstrip_protocol(self.warehouse.path(self.kind)) + "/"
+        prefix = self._url_prefix
         if not url.startswith(prefix):
             return None
         rest = url[len(prefix) :]

@@ -195,31 +195,40 @@ def parse_references(refs: Any, base: str | None = None) -> dict[str, Parsed]:
             f"Unknown reference set version {version!r}; snapref reads versions 0 and 1"
         )
     out: dict[str, Parsed] = {}
+    urls: dict[str, str] = {}  # as written -> as recorded: most chunks share a few files
     for key, value in itertools.chain(entries.items(), _expand_gen(gens, templates)):
         validate_key(key)
-        out[key] = _parse_entry(key, value, templates, base)
+        out[key] = _parse_entry(key, value, templates, base, urls)
     return out
 
 
-def _parse_entry(key: str, value: Any, templates: Mapping[str, str], base: str | None) -> Parsed:
+def _parse_entry(
+    key: str,
+    value: Any,
+    templates: Mapping[str, str],
+    base: str | None,
+    urls: dict[str, str],
+) -> Parsed:
     if isinstance(value, str):
         return decode_inline(key, value)
     if isinstance(value, dict):  # version 0 allows JSON documents inline
         return ujson.dumps(value).encode()
     if isinstance(value, list) and len(value) in (1, 3):
-        url = value[0]
-        if not isinstance(url, str) or not url:
-            raise InvalidReferenceError(f"Key {key!r}: the URL must be a non-empty string")
-        url = _render(url, templates, f"Key {key!r}")
+        written = value[0]
+        url = urls.get(written) if type(written) is str else None
+        if url is None:
+            if not isinstance(written, str) or not written:
+                raise InvalidReferenceError(f"Key {key!r}: the URL must be a non-empty string")
+            url = urls[written] = normalize_url(_render(written, templates, f"Key {key!r}"), base)
         if len(value) == 1:
-            return VirtualRef(normalize_url(url, base))
+            return VirtualRef(url)
         offset, length = value[1], value[2]
         if not (_is_count(offset) and _is_count(length)):
             raise InvalidReferenceError(
                 f"Key {key!r}: offset and length must be non-negative integers, "
                 f"got {offset!r} and {length!r}"
             )
-        return VirtualRef(normalize_url(url, base), int(offset), int(length))
+        return VirtualRef(url, int(offset), int(length))
     raise InvalidReferenceError(
         f"Key {key!r}: a reference must be a string or [url] or [url, offset, length], "
         f"got {value!r}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -378,3 +379,41 @@ def test_properties_that_are_not_standard_json_are_refused(air: snapref.Reposito
     assert air.head("air") == head and air.db.dataset("air").properties == {}
     record = air.db.update_dataset("air", properties={"k": None, "n": 1.5, "url": "s3://b/x"})
     assert record.properties == {"k": None, "n": 1.5, "url": "s3://b/x"}
+
+
+def test_a_committed_checkout_records_exactly_its_edits(air: snapref.Repository, tmp_path) -> None:
+    _edit(air, 7.0)  # temp/0.0.0 becomes a warehouse object
+    with air.transaction("air", message="another object") as tx:
+        zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 20] = 8.0  # temp/0.0.1
+    before = snapref.open(air, "air")["temp"][:]
+    path = tmp_path / "air.json"
+    air.checkout("air", None, str(path))
+    doc = json.loads(path.read_text())
+    refs = doc["refs"]
+    # the same JSON spelt otherwise is no change
+    refs["temp/.zattrs"] = json.dumps(json.loads(refs["temp/.zattrs"]), indent=4)
+    # two objects swapped, a virtual chunk pointed at another's bytes, one chunk deleted
+    refs["temp/0.0.0"], refs["temp/0.0.1"] = refs["temp/0.0.1"], refs["temp/0.0.0"]
+    refs["temp/0.1.0"] = refs["temp/0.1.1"]
+    del refs["temp/3.1.2"]
+    path.write_text(json.dumps(doc))
+
+    snap = air.commit_references("air", str(path), message="edited by hand")
+
+    assert snap is not None
+    assert {k: snap.summary[k] for k in ("chunks_modified", "chunks_removed", "chunks_added")} == {
+        "chunks_modified": 3,
+        "chunks_removed": 1,
+        "chunks_added": 0,
+    }
+    assert snap.summary["metadata_changed"] == 0
+    assert snap.summary["objects_written"] == 0  # the objects were stored already
+    temp = snapref.open(air, "air")["temp"]
+    expected = before.copy()
+    expected[0:2, 0:20, 0:20] = before[0:2, 0:20, 20:40]
+    expected[0:2, 0:20, 20:40] = before[0:2, 0:20, 0:20]
+    expected[0:2, 20:40, 0:20] = before[0:2, 20:40, 20:40]
+    expected[6:8, 20:40, 40:60] = temp.fill_value
+    np.testing.assert_array_equal(temp[:], expected)
+    # the file now matches the new version: committing it again records nothing
+    assert air.commit_references("air", str(path), message="again") is None
