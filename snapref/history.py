@@ -20,6 +20,7 @@ Two ideas keep it fast on long histories and big manifests:
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -840,11 +841,15 @@ def three_way(
     redefined = _redefined_arrays(mine, other, arrays)
     changes: dict[str, Ref | None] = {}
     conflicts = []
-    for key, (_, after) in other.items():
+    for key, (before, after) in other.items():
         if _array_of(key, arrays) in redefined:
             continue
         if key in mine:
             if mine[key][1] == after:
+                continue
+            document = merged_document(key, before, mine[key][1], after)
+            if document is not None:
+                changes[key] = document
                 continue
             conflicts.append(key)
             if strategy == "theirs":
@@ -868,6 +873,66 @@ def three_way(
             else:
                 changes.pop(key, None)
     return changes, sorted(conflicts)
+
+
+def merged_document(
+    key: str, base: Ref | None, mine: Ref | None, theirs: Ref | None
+) -> InlineRef | None:
+    """The metadata document at ``key`` with both sides' edits since ``base``, member
+    by member, or None if they changed one member differently (or a side is no JSON
+    object). A zarr v3 array keeps its shape and its attributes in one ``zarr.json``:
+    one side's append and the other's new attribute merge, as they do in v2, where
+    they are two documents (``.zarray``, ``.zattrs``)."""
+    if not is_metadata_key(key):
+        return None
+    docs = [_json_object(ref) for ref in (base, mine, theirs)]
+    if docs[0] is None or docs[1] is None or docs[2] is None:
+        return None
+    merged = _merged_members(docs[0], docs[1], docs[2])
+    return None if merged is None else InlineRef(json.dumps(merged, indent=2).encode())
+
+
+def _json_object(ref: Ref | None) -> dict[str, Any] | None:
+    if not isinstance(ref, InlineRef):
+        return None
+    try:
+        doc = json.loads(ref.data)  # json, not ujson: floats (fill values) come back exact
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+_ABSENT = object()
+
+
+def _merged_members(
+    base: dict[str, Any], mine: dict[str, Any], theirs: dict[str, Any]
+) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    for name in {**base, **mine, **theirs}:  # every member, in a stable order
+        b, m, t = (d.get(name, _ABSENT) for d in (base, mine, theirs))
+        if _same_value(m, t) or _same_value(t, b):
+            value = m
+        elif _same_value(m, b):
+            value = t
+        elif isinstance(b, dict) and isinstance(m, dict) and isinstance(t, dict):
+            value = _merged_members(b, m, t)  # e.g. attributes: each side set others
+            if value is None:
+                return None
+        else:
+            return None
+        if value is not _ABSENT:
+            out[name] = value
+    return out
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal JSON values (NaN, which JSON documents may hold, equals itself here)."""
+    if a == b:
+        return True
+    if a is _ABSENT or b is _ABSENT:
+        return False
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _cut_off(
@@ -1016,9 +1081,11 @@ def merge(
 
 def rebase_changeset(
     repo: Repository, dataset: str, branch: str, parent: Snapshot, changeset: ChangeSet
-) -> tuple[Snapshot, Manifest]:
-    """For a transaction whose branch moved: the new head to commit onto, if the edits
-    (``changeset``, relative to ``parent``) touch no key the branch changed since.
+) -> tuple[Snapshot, Manifest, ChangeSet]:
+    """For a transaction whose branch moved: the new head to commit onto and the edits
+    to commit there, if the edits (``changeset``, relative to ``parent``) touch no key
+    the branch changed since, or only metadata documents whose members merge
+    (:func:`merged_document`).
 
     Raises
     ------
@@ -1028,6 +1095,15 @@ def rebase_changeset(
     head = repo.head(dataset, branch)
     m_parent, m_head = repo.manifest(parent), repo.manifest(head)
     theirs = changed_entries(m_parent, m_head)
+    documents = {
+        k: doc
+        for k, ref in changeset.changes.items()
+        if k in theirs
+        and theirs[k][1] != ref
+        and (doc := merged_document(k, theirs[k][0], ref, theirs[k][1])) is not None
+    }
+    if documents:  # both sides edited these documents, in different members
+        changeset = replace(changeset, changes={**changeset.changes, **documents})
     mine = {
         k: (m_parent.get(k) if is_metadata_key(k) else None, ref)
         for k, ref in changeset.changes.items()
@@ -1044,7 +1120,11 @@ def rebase_changeset(
     written = {k: (None, ref) for k, ref in changeset.changes.items()}
     cut = _cut_off(rebased, ((written, own), (theirs, m_head.get)), arrays)
     overlap = sorted(
-        {k for k, ref in changeset.changes.items() if k in theirs and theirs[k][1] != ref}
+        {
+            k
+            for k, ref in changeset.changes.items()
+            if k in theirs and theirs[k][1] != ref and k not in documents
+        }
         | {k for keys in redefined.values() for k in keys}
         | set(cut)
     )
@@ -1067,7 +1147,7 @@ def rebase_changeset(
             "start again from the new head.",
             overlap,
         )
-    return head, repo.manifest(head)
+    return head, m_head, changeset
 
 
 def _arrays_defined(changes: Mapping[str, Ref | None]) -> frozenset[str]:

@@ -475,7 +475,10 @@ def _records(
     pending = next(entries, None)
     for number in range(n_records):
         start = number * record_size
-        rows = min(record_size, n_chunks - start)
+        # every record file has record_size rows, the last one padded with empty rows
+        # (missing chunks), as fsspec and kerchunk write them: fsspec's lazy mapper
+        # writes the chunks of a grown array into those rows
+        rows = record_size
         paths: list[str | None] = [None] * rows
         offsets = [0] * rows
         sizes = [0] * rows

@@ -463,7 +463,9 @@ class Transaction:
             from snapref.history import rebase_changeset
 
             changeset = changeset.without_noops(base)
-            parent, base = rebase_changeset(self.repo, self.dataset, self.branch, parent, changeset)
+            parent, base, changeset = rebase_changeset(
+                self.repo, self.dataset, self.branch, parent, changeset
+            )
 
     def discard(self) -> None:
         """Drop every staged edit; nothing is recorded. (Chunks staged so far were

@@ -353,6 +353,54 @@ def test_rebase_never_mixes_chunks_of_two_array_definitions(air: snapref.Reposit
     assert "s" not in snapref.open(repo, "g")
 
 
+def _v3_series(repo: snapref.Repository) -> None:
+    """Dataset ``v3``: a zarr v3 array ``t`` of 4 values in chunks of 2, and attributes."""
+    repo.import_references("v3", {"version": 1, "refs": {}}, message="empty")
+    with repo.transaction("v3", message="series") as tx:
+        t = zarr.open_group(tx.store, mode="w", zarr_format=3).create_array(
+            "t", shape=(4,), chunks=(2,), dtype="f8", fill_value=0.0
+        )
+        t[:] = [1, 2, 3, 4]
+        t.attrs.update({"units": "K", "source": "model"})
+
+
+def test_zarr_v3_shape_and_attributes_merge_like_v2s_two_documents(
+    air: snapref.Repository,
+) -> None:
+    repo = air
+    _v3_series(repo)
+    # rebase: an attribute set while another writer appended (one zarr.json for both)
+    slow = repo.transaction("v3", message="qc", rebase=True)
+    zarr.open_group(slow.store, mode="r+")["t"].attrs["qc"] = "checked"
+    with repo.transaction("v3", message="append") as tx:
+        t = zarr.open_group(tx.store, mode="r+")["t"]
+        t.append(np.array([5.0, 6.0]))
+    assert slow.commit() is not None
+    t = snapref.open(repo, "v3")["t"]
+    assert t[:].tolist() == [1, 2, 3, 4, 5, 6]
+    assert dict(t.attrs) == {"units": "K", "source": "model", "qc": "checked"}
+    # merge: one branch appends, the other changes an attribute and adds one
+    repo.branch("v3", "fix")
+    with repo.transaction("v3", message="append more") as tx:
+        zarr.open_group(tx.store, mode="r+")["t"].append(np.array([7.0]))
+    with repo.transaction("v3", message="units", branch="fix") as tx:
+        attrs = zarr.open_group(tx.store, mode="r+")["t"].attrs
+        attrs.update({"units": "degC", "checked_by": "ana"})
+    assert repo.merge("v3", "fix").conflicts == []
+    t = snapref.open(repo, "v3")["t"]
+    assert t[:].tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert (t.attrs["units"], t.attrs["checked_by"], t.attrs["qc"]) == ("degC", "ana", "checked")
+    # the same attribute set differently on both sides stays a conflict
+    repo.branch("v3", "other")
+    with repo.transaction("v3", message="kelvin again") as tx:
+        zarr.open_group(tx.store, mode="r+")["t"].attrs["units"] = "K"
+    with repo.transaction("v3", message="fahrenheit", branch="other") as tx:
+        zarr.open_group(tx.store, mode="r+")["t"].attrs["units"] = "degF"
+    with pytest.raises(snapref.MergeConflictError) as err:
+        repo.merge("v3", "other")
+    assert err.value.keys == ["t/zarr.json"]
+
+
 def test_merge_takes_an_array_redefined_on_one_side_whole(air: snapref.Repository) -> None:
     repo = air
     _sparse_int_array(repo)

@@ -130,6 +130,25 @@ def test_commit_what_the_lazy_mapper_flushed(air: snapref.Repository, tmp_path: 
     assert air.commit_references("air", str(out), "again") is None
 
 
+@pytest.mark.parametrize("record_size", [7, 100_000])
+def test_an_array_grown_through_the_lazy_mapper_commits(
+    air: snapref.Repository, tmp_path: Path, record_size: int
+) -> None:
+    # fsspec writes the chunks of a grown array into the empty rows that pad an array's
+    # last record file, and into new record files after it
+    out = tmp_path / "grow.parq"
+    air.checkout("air", None, str(out), format="parquet", record_size=record_size)
+    fs, g = _fsspec_group(out, mode="r+")
+    more = np.full((2, 40, 60), 300.0, dtype="float32")
+    g["temp"].append(more)
+    fs.references.flush()
+    snap = air.commit_references("air", str(out), "Two more time steps")
+    assert snap is not None
+    assert snap.summary["chunks_added"] == 6 and snap.summary["metadata_changed"] == 1
+    temp = snapref.open(air, "air")["temp"]
+    np.testing.assert_array_equal(temp[:], np.concatenate([temp_values(), more]))
+
+
 def test_consolidated_metadata_zarr_writes_into_the_layout_is_not_kept(
     air: snapref.Repository, tmp_path: Path
 ) -> None:
