@@ -188,6 +188,7 @@ def to_intake(
 
     if route not in ROUTES:
         raise InvalidInputError(f"Unknown route {route!r}: use one of {', '.join(ROUTES)}")
+    _check_catalogue_target(repo, path, storage_options)
     listing = catalog(repo, versions=True)
     refs_dir = _refs_dir(path)
     remote = _remote_protocols(repo, listing) if route == "references" else {}
@@ -219,6 +220,35 @@ def to_intake(
     with fsspec.open(path, "w", **dict(storage_options or {})) as f:
         yaml.dump(doc, f, Dumper=_no_aliases_dumper(), sort_keys=False, allow_unicode=True)
     return doc
+
+
+def _check_catalogue_target(
+    repo: Repository, path: str, storage_options: Mapping[str, Any] | None
+) -> None:
+    """Raise unless ``path`` may take a catalogue: outside the repository's storage,
+    and new or a catalogue snapref wrote (written again to refresh it), never another
+    file (a typo of ``-o`` must not replace a source file)."""
+    import yaml
+
+    fs, where = repo.output_location(path, storage_options, "write a catalogue to")
+    if not fs.exists(where):
+        return
+    if fs.isdir(where):
+        raise InvalidInputError(
+            f"Cannot write a catalogue to {path!r}: it is a folder. Give the path of the "
+            "YAML file to write, e.g. DIR/catalog.yaml."
+        )
+    try:
+        with fs.open(where, "rb") as f:
+            doc = yaml.safe_load(f.read(1 << 20))
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError):
+        doc = None
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    if not (isinstance(meta, dict) and "snapref" in meta):
+        raise InvalidInputError(
+            f"{path!r} exists and is not an Intake catalogue snapref wrote; snapref does "
+            "not replace other files. Choose another path."
+        )
 
 
 def _no_aliases_dumper() -> type:

@@ -17,6 +17,7 @@ import os
 import posixpath
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
@@ -39,6 +40,7 @@ from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
     CatalogUnavailableError,
+    IntegrityError,
     InvalidInputError,
     InvalidReferenceError,
     NotFoundError,
@@ -74,6 +76,8 @@ __all__ = ["Repository", "connect", "init", "open", "open_dataset", "split_spec"
 
 CONFIG_FILE = "snapref.json"
 EMBEDDED_CATALOG = "catalog.db"
+#: the setting in which a catalog records the id of its repository (snapref.json's "id")
+REPOSITORY_ID = "repository_id"
 #: Checkout writes this beside the reference file, to know the parent at commit time.
 SIDECAR_SUFFIX = ".snapref"
 
@@ -625,22 +629,7 @@ class Repository:
         self, path: str, storage_options: Mapping[str, Any] | None, fmt: str, overwrite: bool
     ) -> None:
         """Raise unless a checkout may write ``path`` (see :meth:`checkout`)."""
-        import fsspec
-
-        fs, where = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
-        where = where.rstrip("/")
-        target = fs.unstrip_protocol(where)
-        catalog = self.db.engine.url
-        inside = target == self.warehouse.url or target.startswith(self.warehouse.url + "/")
-        if inside or (
-            catalog.get_backend_name() in ("sqlite", "duckdb")
-            and catalog.database
-            and normalize_url(target) == normalize_url(os.path.abspath(catalog.database))
-        ):
-            raise InvalidInputError(
-                f"Cannot check out to {path!r}: it is the repository's own storage "
-                f"({self.warehouse.url}), which only snapref writes. Choose a path outside it."
-            )
+        fs, where = self.output_location(path, storage_options, "check out to")
         if not fs.exists(where):
             return
         if fmt == "json" and fs.isdir(where):
@@ -661,6 +650,30 @@ class Repository:
                     f"{path!r} exists and is not a JSON reference file; snapref does not "
                     "replace other files, even with --force. Choose another path."
                 )
+
+    def output_location(
+        self, path: str, storage_options: Mapping[str, Any] | None, doing: str
+    ) -> tuple[Any, str]:
+        """The filesystem and path of ``path``, a file snapref is asked to write
+        (a checkout, a catalogue); an :class:`InvalidInputError` if it lies in the
+        repository's own storage (its warehouse, an embedded catalog file)."""
+        import fsspec
+
+        fs, where = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+        where = where.rstrip("/")
+        target = fs.unstrip_protocol(where)
+        catalog = self.db.engine.url
+        inside = target == self.warehouse.url or target.startswith(self.warehouse.url + "/")
+        if inside or (
+            catalog.get_backend_name() in ("sqlite", "duckdb")
+            and catalog.database
+            and normalize_url(target) == normalize_url(os.path.abspath(catalog.database))
+        ):
+            raise InvalidInputError(
+                f"Cannot {doing} {path!r}: it is the repository's own storage "
+                f"({self.warehouse.url}), which only snapref writes. Choose a path outside it."
+            )
+        return fs, where
 
     def _record(self, snap: Snapshot, branch: str) -> dict[str, Any]:
         return {
@@ -923,7 +936,13 @@ def init(
     if exists:
         raise AlreadyExistsError(f"A snapref repository exists at {warehouse.url} already")
     if warehouse.is_local:
-        warehouse.fs.makedirs(warehouse.root, exist_ok=True)
+        try:
+            warehouse.fs.makedirs(warehouse.root, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidInputError(
+                f"Cannot create a repository at {warehouse.url}: a file is in the way (a "
+                "repository is a folder). Choose another path."
+            ) from None
     if catalog is None:
         if not warehouse.is_local:
             raise InvalidInputError(
@@ -934,7 +953,9 @@ def init(
     else:
         catalog = _absolute_file_db(catalog)
         recorded = _without_password(catalog)
-    config = {"format": 1, "catalog": recorded}
+    # the id, recorded in both, tells a catalog given by --catalog/$SNAPREF_CATALOG
+    # that belongs to another repository (connect)
+    config = {"format": 1, "catalog": recorded, "id": uuid.uuid4().hex}
     # Claim the warehouse before creating the catalog: when the warehouse cannot be
     # written (no such bucket), no catalog is left behind to block a retry.
     try:
@@ -948,6 +969,7 @@ def init(
         from snapref.catalog.sql import Catalog
 
         cat = Catalog.create(_catalog_url(warehouse, recorded) if catalog is None else catalog)
+        cat.set_setting(REPOSITORY_ID, config["id"])
     except BaseException:
         warehouse.fs.rm_file(config_path)
         raise
@@ -975,21 +997,51 @@ def connect(
         warehouse = Warehouse(url, storage_options)
         try:
             raw = warehouse.fs.cat_file(warehouse.path(CONFIG_FILE))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise RepositoryNotFoundError(
                 f"No snapref repository at {warehouse.url}: create one with "
                 f"'snapref init {url}', or check the URL and --storage-option settings"
             ) from None
-    config = ujson.loads(raw)
-    if config.get("format") != 1:
+        except IsADirectoryError:
+            raw = b"(a folder)"
+    config = _config(warehouse, raw)
+    override = catalog or os.environ.get("SNAPREF_CATALOG")
+    lookups = _open_catalog(override or _catalog_url(warehouse, config["catalog"]))
+    if override and "id" in config:
+        recorded_id = lookups.get_setting(REPOSITORY_ID)
+        if recorded_id is not None and recorded_id != config["id"]:
+            lookups.close()
+            raise CatalogUnavailableError(
+                f"The catalog {_without_password(override)} belongs to another repository, "
+                f"not to {warehouse.url} (whose catalog is {config['catalog']}). Give this "
+                "repository's catalog with --catalog, or unset SNAPREF_CATALOG."
+            )
+    return Repository(warehouse, lookups, source_options)
+
+
+def _config(warehouse: Warehouse, raw: bytes) -> dict[str, Any]:
+    """The repository's ``snapref.json``, checked."""
+    try:
+        config = ujson.loads(raw)
+    except ValueError:
+        config = None
+    if isinstance(config, dict) and config.get("format") not in (1, None):
         raise CatalogSchemaError(
             f"The repository at {warehouse.url} has layout format {config.get('format')!r}; "
             "this snapref reads format 1. Upgrade snapref."
         )
-    catalog_url = (
-        catalog or os.environ.get("SNAPREF_CATALOG") or _catalog_url(warehouse, config["catalog"])
-    )
-    return Repository(warehouse, _open_catalog(catalog_url), source_options)
+    if not (
+        isinstance(config, dict)
+        and config.get("format") == 1
+        and isinstance(config.get("catalog"), str)
+    ):
+        raise IntegrityError(
+            f"{warehouse.path(CONFIG_FILE)} is damaged: it must be a JSON object "
+            '{"format": 1, "catalog": URL} naming the catalog (a path relative to the '
+            "warehouse for the embedded one, catalog.db). Restore it from a backup, or "
+            "write it again with the catalog's URL."
+        )
+    return config
 
 
 def _open_catalog(url: str) -> Lookups:

@@ -408,3 +408,57 @@ def test_crash_before_the_swap_leaves_the_old_version(
     assert tx2.snapshot is not None
     assert tx2.snapshot.summary["objects_written"] == 0
     assert snapref.open(air, "air")["temp"][0, 0, 0] == 123
+
+
+def test_a_catalog_of_another_repository_is_refused(
+    tmp_path: Path, run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = snapref.init(str(tmp_path / "first"))
+    first.import_references("d", {"version": 1, "refs": {".zgroup": '{"zarr_format": 2}'}})
+    first.close()
+    snapref.init(str(tmp_path / "second")).close()
+    theirs = f"sqlite:///{tmp_path / 'first' / 'catalog.db'}"
+    with pytest.raises(snapref.CatalogUnavailableError, match="belongs to another repository"):
+        snapref.connect(str(tmp_path / "second"), catalog=theirs)
+    # a variable left set for one repository while working on another
+    monkeypatch.setenv("SNAPREF_CATALOG", theirs)
+    result = run("-R", str(tmp_path / "second"), "import", "grid", "x.json", code=1)
+    assert "belongs to another repository" in result.stderr
+    monkeypatch.delenv("SNAPREF_CATALOG")
+    assert [d.name for d in snapref.connect(str(tmp_path / "first")).catalog()] == ["d"]
+    assert snapref.connect(str(tmp_path / "second")).catalog() == []
+    # the right catalog given again (as with a password) is accepted
+    ours = f"sqlite:///{tmp_path / 'second' / 'catalog.db'}"
+    assert snapref.connect(str(tmp_path / "second"), catalog=ours).catalog() == []
+    # and one catalog records one repository
+    with pytest.raises(snapref.AlreadyExistsError, match="holds a snapref catalog already"):
+        snapref.init(str(tmp_path / "third"), catalog=theirs)
+    assert not (tmp_path / "third" / "snapref.json").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{bad", b"[]", b'{"format": 1}', b'{"format": 1, "catalog": 5}', None],
+)
+def test_a_damaged_repository_file_is_named(tmp_path: Path, content: bytes | None) -> None:
+    snapref.init(str(tmp_path / "wh")).close()
+    config = tmp_path / "wh" / "snapref.json"
+    config.unlink()
+    if content is None:
+        config.mkdir()
+    else:
+        config.write_bytes(content)
+    with pytest.raises(snapref.IntegrityError, match=r"snapref\.json is damaged"):
+        snapref.connect(str(tmp_path / "wh"))
+
+
+def test_a_file_is_no_repository(tmp_path: Path, run: Any) -> None:
+    (tmp_path / "plain").write_text("not a folder")
+    with pytest.raises(snapref.RepositoryNotFoundError, match="No snapref repository"):
+        snapref.connect(str(tmp_path / "plain"))
+    with pytest.raises(snapref.InvalidInputError, match="a file is in the way"):
+        snapref.init(str(tmp_path / "plain"))
+    with pytest.raises(snapref.InvalidInputError, match="a file is in the way"):
+        snapref.init(str(tmp_path / "plain" / "sub"))
+    assert run("-R", str(tmp_path / "plain"), "ls", code=1).stderr.startswith("Error: No snapref")
+    assert (tmp_path / "plain").read_text() == "not a folder"

@@ -120,6 +120,31 @@ def test_to_intake_rejects_an_unknown_route(air: snapref.Repository, tmp_path: P
         air.to_intake(str(tmp_path / "c.yaml"), route="ftp")
 
 
+def test_a_catalogue_replaces_only_a_catalogue(
+    air: snapref.Repository, tmp_path: Path, hdf5_file: Path
+) -> None:
+    source = hdf5_file.read_bytes()
+    with pytest.raises(snapref.InvalidInputError, match="not an Intake catalogue snapref"):
+        air.to_intake(str(hdf5_file))  # a typo of -o must not replace a source file
+    assert hdf5_file.read_bytes() == source
+    catalog_db = Path(air.warehouse.root) / "catalog.db"
+    for inside in (catalog_db, Path(air.warehouse.root) / "c.yaml"):
+        with pytest.raises(snapref.InvalidInputError, match="repository's own storage"):
+            air.to_intake(str(inside))
+    assert air.head("air").version == 1
+    other = tmp_path / "notes.yaml"
+    other.write_text("metadata: {owner: me}\n")
+    with pytest.raises(snapref.InvalidInputError, match="not an Intake catalogue snapref"):
+        air.to_intake(str(other))
+    assert other.read_text() == "metadata: {owner: me}\n"
+    # a catalogue snapref wrote is written again: that is how it is refreshed
+    path = tmp_path / "catalog.yaml"
+    air.to_intake(str(path))
+    air.tag("air", 1, "first")
+    assert "air@first" in air.to_intake(str(path))["sources"]
+    assert "air@first" in intake.open_catalog(str(path))
+
+
 def test_cli_describe_catalog_and_intake(
     run: Any, tmp_path: Path, kerchunk_refs: dict[str, Any]
 ) -> None:

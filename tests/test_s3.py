@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,10 +88,9 @@ def test_init_then_connect_from_the_warehouse_stores_no_credentials(
             zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = 1.0
     with pytest.raises(snapref.AlreadyExistsError):
         snapref.init(REPO, catalog=catalog, storage_options=s3_bucket)
-    assert json.loads(s3_fs.cat_file(f"{BUCKET}/wh/snapref.json")) == {
-        "format": 1,
-        "catalog": catalog,
-    }
+    config = json.loads(s3_fs.cat_file(f"{BUCKET}/wh/snapref.json"))
+    assert config == {"format": 1, "catalog": catalog, "id": config["id"]}
+    assert re.fullmatch("[0-9a-f]{32}", config["id"])
 
     # the warehouse URL and the storage options are all connect needs
     with snapref.connect(REPO, storage_options=s3_bucket) as repo:

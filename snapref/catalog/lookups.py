@@ -108,6 +108,9 @@ class Lookups(ABC):
     def schema_version(self) -> int:
         return int(self._rows(SCHEMA_VERSION_SQL, {})[0][0])
 
+    def close(self) -> None:  # noqa: B027 - nothing to release unless a subclass holds it
+        """Release what these reads hold."""
+
     def get_setting(self, key: str, default: Any = None) -> Any:
         rows = self._rows(SETTING_SQL, {"key": key})
         return ujson.loads(rows[0][0]) if rows else default
