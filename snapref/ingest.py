@@ -161,7 +161,7 @@ def _list_store(fs: Any, root: str, source: str) -> list[str]:
             "zarr.json). For a kerchunk reference file use 'snapref import'."
         )
     prefix = root + "/" if root else ""
-    found = (p.lstrip("/") if not root else p for p in fs.find(root))
+    found = (p.lstrip("/") if not root else p for p in _files_below(fs, root))
     keys = sorted(p[len(prefix) :] for p in found if p.startswith(prefix))
     if not any(k in _ROOT_METADATA for k in keys):
         raise InvalidInputError(
@@ -170,6 +170,26 @@ def _list_store(fs: Any, root: str, source: str) -> list[str]:
     for key in keys:
         validate_key(key)
     return keys
+
+
+def _files_below(fs: Any, root: str) -> list[str]:
+    """Every file below ``root``. A folder that cannot be listed is an error, never an
+    empty folder: fsspec's ``find`` leaves such folders out (its walk takes
+    ``on_error="raise"`` but drops it when it goes down a level), and an ingest then
+    recorded a version with those chunks deleted. s3fs lists a prefix in one flat
+    listing, whose errors raise; other filesystems are walked here, folder by folder."""
+    if fs.async_impl:
+        return list(fs.find(root))
+    files, folders = [], [root]
+    while folders:
+        folder = folders.pop()
+        for info in fs.ls(folder, detail=True):
+            name = info["name"].rstrip("/")
+            if info["type"] != "directory":
+                files.append(name)
+            elif name != folder.rstrip("/"):
+                folders.append(name)
+    return files
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:

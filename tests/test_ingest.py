@@ -247,6 +247,40 @@ def test_what_is_not_a_store_is_refused(repo: snapref.Repository, tmp_path: Path
     assert repo.datasets() == [] and not (Path(repo.warehouse.root) / "objects").exists()
 
 
+def _without_root_powers() -> list[str]:
+    """A command prefix under which file modes bind (root reads every folder)."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_not_deleted_chunks(
+    repo: snapref.Repository, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    values = _store(tmp_path / "src.zarr", 3)
+    ingest(repo, "grid", str(tmp_path / "src.zarr"))
+    chunks = tmp_path / "src.zarr" / "v" / "c"
+    chunks.chmod(0)  # a mount or ACL problem
+    try:
+        out = subprocess.run(
+            [*_without_root_powers(), sys.executable, "-m", "snapref", "-R", repo.url]
+            + ["ingest", "grid", str(tmp_path / "src.zarr"), "-m", "refresh"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SNAPREF_CATALOG": str(repo.db.engine.url)},
+            check=False,
+        )
+    finally:
+        chunks.chmod(0o755)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.startswith("Error: Access denied") and str(chunks) in out.stderr
+    assert repo.head("grid").version == 1
+    np.testing.assert_array_equal(snapref.open(repo, "grid")["v"][:], values)
+
+
 def test_cli_ingest_is_quiet_off_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
