@@ -18,6 +18,7 @@ import posixpath
 import subprocess
 import threading
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
@@ -482,10 +483,19 @@ class Repository:
             )
         if snap is not None and isinstance(refs, str) and refs != "-":
             # the file now matches the new version: further edits continue from it
-            _write_record(refs + SIDECAR_SUFFIX, self._record(snap, branch), storage_options)
-            if is_parquet_references(refs, storage_options):
-                inside = refs.rstrip("/") + "/" + PARQUET_RECORD_FILE
-                _write_record(inside, self._record(snap, branch), storage_options)
+            try:
+                _write_record(refs + SIDECAR_SUFFIX, self._record(snap, branch), storage_options)
+                if is_parquet_references(refs, storage_options):
+                    inside = refs.rstrip("/") + "/" + PARQUET_RECORD_FILE
+                    _write_record(inside, self._record(snap, branch), storage_options)
+            except Exception as exc:  # noqa: BLE001 - the version is recorded: say so
+                warnings.warn(
+                    f"Committed {name} version {snap.version}, but could not update the "
+                    f"checkout record beside {refs!r} ({exc}). To commit further edits of "
+                    f"that file, pass --parent {snap.version} (parent={snap.version} in "
+                    "Python).",
+                    stacklevel=2,
+                )
         return snap
 
     def _edits(self, base: Manifest, parsed: Mapping[str, Any]) -> ChangeSet:
@@ -1222,7 +1232,7 @@ def _checkout_record(
     try:
         with fsspec.open(refs + SIDECAR_SUFFIX, "rb", **dict(storage_options or {})) as f:
             return dict(ujson.loads(f.read()))
-    except (FileNotFoundError, ValueError, TypeError):
+    except (FileNotFoundError, IsADirectoryError, ValueError, TypeError):
         pass
     try:
         with fsspec.open(

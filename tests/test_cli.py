@@ -98,6 +98,22 @@ def test_stale_checkout_is_a_conflict(run: Any, tmp_path: Path, kerchunk_refs: A
     assert {b["name"]: b["version"] for b in branches} == {"b-edits": 3, "main": 2}
 
 
+def test_a_commit_that_landed_says_so_when_its_record_cannot_be_updated(
+    run: Any, tmp_path: Path, kerchunk_refs: Any
+) -> None:
+    _init_with_air(run, tmp_path, kerchunk_refs)
+    run("checkout", "air", "-o", "work.json")
+    _edit_like_the_blog("work.json")
+    sidecar = tmp_path / "work.json.snapref"
+    sidecar.unlink()
+    sidecar.mkdir()  # cannot be written, even by root
+    result = run("commit", "air", "work.json", "-m", "Fix day 5", "--parent", "1")
+    assert result.stdout.startswith("Committed air version 2 (")
+    assert "Warning: Committed air version 2, but could not update" in result.stderr
+    assert "--parent 2" in result.stderr
+    assert [s["version"] for s in json.loads(run("log", "air", "--json").output)] == [2, 1]
+
+
 def test_tags_and_time_travel_by_name(run: Any, tmp_path: Path, kerchunk_refs: Any) -> None:
     _init_with_air(run, tmp_path, kerchunk_refs)
     run("tag", "air@1", "v2025-qc")

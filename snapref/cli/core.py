@@ -3,6 +3,8 @@ allow-source."""
 
 from __future__ import annotations
 
+import warnings
+
 import click
 from click.core import ParameterSource
 
@@ -201,17 +203,21 @@ def commit(
     Example:
         snapref commit air work.json -m "Mask bad pixels" --prop ticket=QC-12
     """
-    snap = obj.repo().commit_references(
-        name,
-        refs,
-        message,
-        parent=parent,
-        branch=branch,
-        author=author,
-        properties=pairs(props, "--prop"),
-        allow_sources=allow_sources,
-        storage_options=obj.storage_options if "://" in refs else None,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        snap = obj.repo().commit_references(
+            name,
+            refs,
+            message,
+            parent=parent,
+            branch=branch,
+            author=author,
+            properties=pairs(props, "--prop"),
+            allow_sources=allow_sources,
+            storage_options=obj.storage_options if "://" in refs else None,
+        )
+    for warning in caught:
+        click.echo(f"Warning: {warning.message}", err=True)
     if snap is None:
         if as_json:
             emit_json(None)
