@@ -488,7 +488,7 @@ class Repository:
                 if is_parquet_references(refs, storage_options):
                     inside = refs.rstrip("/") + "/" + PARQUET_RECORD_FILE
                     _write_record(inside, self._record(snap, branch), storage_options)
-            except Exception as exc:  # noqa: BLE001 - the version is recorded: say so
+            except Exception as exc:  # the version is recorded: say so, whatever failed
                 warnings.warn(
                     f"Committed {name} version {snap.version}, but could not update the "
                     f"checkout record beside {refs!r} ({exc}). To commit further edits of "

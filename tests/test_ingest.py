@@ -266,8 +266,11 @@ def test_a_folder_that_cannot_be_listed_is_an_error_not_deleted_chunks(
     chunks.chmod(0)  # a mount or ACL problem
     try:
         out = subprocess.run(
-            [*_without_root_powers(), sys.executable, "-m", "snapref", "-R", repo.url]
-            + ["ingest", "grid", str(tmp_path / "src.zarr"), "-m", "refresh"],
+            [
+                *_without_root_powers(),
+                *(sys.executable, "-m", "snapref", "-R", repo.url, "ingest", "grid"),
+                *(str(tmp_path / "src.zarr"), "-m", "refresh"),
+            ],
             capture_output=True,
             text=True,
             env={**os.environ, "SNAPREF_CATALOG": str(repo.db.engine.url)},
