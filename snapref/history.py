@@ -39,7 +39,14 @@ from snapref.errors import (
     NotFoundError,
     VersionNotFoundError,
 )
-from snapref.keys import array_path_of, canonical_json, chunk_coords, is_metadata_key, node_path
+from snapref.keys import (
+    array_path_of,
+    canonical_json,
+    check_metadata,
+    chunk_coords,
+    is_metadata_key,
+    node_path,
+)
 from snapref.manifest import (
     KIND_OBJECT,
     KIND_VIRTUAL,
@@ -199,6 +206,7 @@ def array_info(manifest: Manifest | Callable[[str], Ref | None], path: str) -> A
     base = f"{path}/" if path else ""
     ref = get(base + ".zarray")
     if isinstance(ref, InlineRef):
+        check_metadata(base + ".zarray", ref.data)  # recorded by an older snapref, maybe
         doc = ujson.loads(ref.data)
         return ArrayInfo(
             path,
@@ -209,6 +217,7 @@ def array_info(manifest: Manifest | Callable[[str], Ref | None], path: str) -> A
         )
     ref = get(base + "zarr.json")
     if isinstance(ref, InlineRef):
+        check_metadata(base + "zarr.json", ref.data)
         doc = ujson.loads(ref.data)
         if doc.get("node_type") != "array":
             return None

@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from typing import Any
 
 import ujson
 
-from snapref.errors import InvalidKeyError
+from snapref.errors import InvalidKeyError, InvalidReferenceError
 
 __all__ = [
     "METADATA_NAMES",
     "array_path_of",
+    "check_metadata",
     "chunk_coords",
     "chunk_index",
     "is_metadata_key",
@@ -120,6 +122,46 @@ def without_consolidated(key: str, data: bytes) -> bytes | None:
         return data
     del doc["consolidated_metadata"]
     return json.dumps(doc, indent=2).encode()
+
+
+def check_metadata(key: str, data: bytes) -> None:
+    """Raise :class:`InvalidReferenceError` unless ``data`` is a zarr metadata document
+    zarr can read at ``key``: a JSON object, and for an array a shape and a chunk
+    shape of as many non-negative integers. Checked before a version records it: a
+    version whose metadata zarr cannot read cannot be opened, diffed or blamed."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidReferenceError(
+            f"Metadata key {key!r} does not hold JSON ({exc}): {bytes(data[:60])!r}. "
+            "Write the zarr metadata document there."
+        ) from None
+    if not isinstance(doc, dict):
+        raise InvalidReferenceError(
+            f"Metadata key {key!r} holds a JSON {type(doc).__name__}, not an object: "
+            "zarr metadata documents are JSON objects."
+        )
+    name = posixpath.basename(key)
+    if name == ".zarray":
+        _check_grid(key, doc.get("shape"), doc.get("chunks"))
+    elif name == "zarr.json" and doc.get("node_type") == "array":
+        grid = doc.get("chunk_grid")
+        config = grid.get("configuration") if isinstance(grid, dict) else None
+        chunks = config.get("chunk_shape") if isinstance(config, dict) else None
+        _check_grid(key, doc.get("shape"), doc.get("shape") if chunks is None else chunks)
+
+
+def _check_grid(key: str, shape: Any, chunks: Any) -> None:
+    def counts(value: Any) -> bool:
+        return isinstance(value, list) and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value
+        )
+
+    if not (counts(shape) and counts(chunks) and len(shape) == len(chunks)):
+        raise InvalidReferenceError(
+            f"Metadata key {key!r}: an array needs a shape and a chunk shape of as many "
+            f"non-negative integers, not {shape!r} and {chunks!r}."
+        )
 
 
 def node_path(key: str) -> str:

@@ -27,7 +27,7 @@ from snapref.catalog import MAIN_BRANCH, Snapshot
 from snapref.catalog.records import check_text
 from snapref.errors import ConflictError, InvalidInputError, TransactionClosedError
 from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
-from snapref.keys import is_metadata_key, same_document, without_consolidated
+from snapref.keys import check_metadata, is_metadata_key, same_document, without_consolidated
 from snapref.manifest import (
     InlineRef,
     Manifest,
@@ -256,6 +256,9 @@ def commit_changes(
                 "branch the changes came from, or start a new branch from that version."
             )
         return None
+    for key, ref in changeset.changes.items():
+        if type(ref) is InlineRef and is_metadata_key(key):
+            check_metadata(key, ref.data)  # a version zarr cannot open is never recorded
     new_sources = list(new_sources)
     allow_sources = [allowed_prefix(p) for p in allow_sources]
     policy = repo._policy(dataset if parent is not None else None, [*allow_sources, *new_sources])

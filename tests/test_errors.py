@@ -462,3 +462,35 @@ def test_a_file_is_no_repository(tmp_path: Path, run: Any) -> None:
         snapref.init(str(tmp_path / "plain" / "sub"))
     assert run("-R", str(tmp_path / "plain"), "ls", code=1).stderr.startswith("Error: No snapref")
     assert (tmp_path / "plain").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("document", "complaint"),
+    [
+        ("{oops", "does not hold JSON"),
+        ("[1, 2]", "holds a JSON list, not an object"),
+        (
+            '{"zarr_format": 2, "shape": [4, 4], "chunks": [4], "dtype": "<f4"}',
+            "a shape and a chunk shape of as many",
+        ),
+    ],
+)
+def test_metadata_zarr_cannot_read_is_never_recorded(
+    air: snapref.Repository, tmp_path: Path, document: str, complaint: str
+) -> None:
+    refs = {".zgroup": '{"zarr_format": 2}', "x/.zarray": document}
+    with pytest.raises(snapref.InvalidReferenceError, match=rf"'x/\.zarray'.*{complaint}"):
+        air.import_references("x", {"version": 1, "refs": refs})
+    assert "x" not in air.datasets()
+    path = tmp_path / "w.json"
+    air.checkout("air", None, str(path))
+    doc = json.loads(path.read_text())
+    doc["refs"]["temp/.zarray"] = document
+    path.write_text(json.dumps(doc))
+    with pytest.raises(snapref.InvalidReferenceError, match=rf"'temp/\.zarray'.*{complaint}"):
+        air.commit_references("air", str(path), message="typo")
+    assert air.head("air").version == 1
+    with pytest.raises(snapref.InvalidReferenceError, match="does not hold JSON"):
+        with air.transaction("air", message="by hand") as tx:
+            tx.fs.pipe_file("temp/.zattrs", b"{oops")
+    assert air.head("air").version == 1
