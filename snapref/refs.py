@@ -225,7 +225,7 @@ def _parse_entry(
         offset, length = value[1], value[2]
         if not (_is_count(offset) and _is_count(length)):
             raise InvalidReferenceError(
-                f"Key {key!r}: offset and length must be non-negative integers, "
+                f"Key {key!r}: offset and length must be integers from 0 to 2^63 - 1, "
                 f"got {offset!r} and {length!r}"
             )
         return VirtualRef(url, int(offset), int(length))
@@ -236,7 +236,9 @@ def _parse_entry(
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A byte offset or length: an integer from 0 to 2^63 - 1 (what the manifest's
+    int64 columns, and every filesystem, can hold)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
 
 
 def _render(text: str, variables: Mapping[str, Any], where: str) -> str:

@@ -109,6 +109,11 @@ def check_message(dataset: str, message: str) -> None:
     check_text("message", message)
 
 
+#: the longest dataset, branch or tag name, in UTF-8 bytes: a file name's limit, and
+#: the width of the catalog's name columns
+MAX_NAME_BYTES = 255
+
+
 def check_name(name: str, what: str = "ref") -> None:
     # URLs (snapref://NAME@REF), shells and Intake's templates ({{ }}) all take these
     bad = (
@@ -121,6 +126,12 @@ def check_name(name: str, what: str = "ref") -> None:
         raise InvalidInputError(
             f"Invalid {what} name {name!r}: use letters, digits, '-', '_' and '.' ('.' "
             "and '-' not first), and not only digits (those are version numbers)"
+        )
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise InvalidInputError(
+            f"Invalid {what} name {name[:40]!r}...: {len(name)} characters; a name has at "
+            f"most {MAX_NAME_BYTES} bytes in UTF-8 (it names folders of checkouts and "
+            "catalogues, and the catalog's columns hold that much)"
         )
     if not unicodedata.is_normalized("NFKC", name):
         # names are compared exactly: two spellings that look alike would be two datasets

@@ -29,6 +29,14 @@ TEMP_SHAPE = (8, 40, 60)  # time, lat, lon
 TEMP_CHUNKS = (2, 20, 20)  # 4 x 2 x 3 = 24 chunks
 
 
+def without_root_powers() -> list[str]:
+    """A command prefix under which file modes bind, as for any user: root reads and
+    writes every file whatever its mode (the tests may run as root)."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
 def one_array_refs(array: str, shape: int, chunk: int, dtype: str) -> dict[str, str]:
     """The references (key -> JSON text) of a group holding one empty 1-D zarr v2 array,
     uncompressed: what many tests import before writing chunks themselves."""

@@ -494,3 +494,58 @@ def test_metadata_zarr_cannot_read_is_never_recorded(
         with air.transaction("air", message="by hand") as tx:
             tx.fs.pipe_file("temp/.zattrs", b"{oops")
     assert air.head("air").version == 1
+
+
+def test_a_read_only_catalog_is_a_named_error_without_traceback(
+    tmp_path: Path, kerchunk_refs: dict[str, Any]
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import without_root_powers
+
+    repo = snapref.init(str(tmp_path / "wh"))
+    repo.close()
+    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
+    catalog = tmp_path / "wh" / "catalog.db"
+    catalog.chmod(0o444)
+    try:
+        out = subprocess.run(
+            [
+                *without_root_powers(),
+                *(sys.executable, "-m", "snapref", "-R", str(tmp_path / "wh")),
+                *("import", "air", str(tmp_path / "air.json")),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        catalog.chmod(0o644)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith("Error: Cannot write the catalog") and "read-only" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert snapref.connect(str(tmp_path / "wh")).datasets() == []
+
+
+def test_unusable_arguments_are_refused_by_name(air: snapref.Repository, run: Any) -> None:
+    with pytest.raises(snapref.InvalidInputError, match="at most 255 bytes"):
+        air.tag("air", 1, "t" * 256)
+    with pytest.raises(snapref.InvalidInputError, match="at most 255 bytes"):
+        air.import_references("é" * 128, {"version": 1, "refs": {}})  # 256 bytes
+    air.tag("air", 1, "t" * 255)
+    refs = {"x/.zarray": '{"zarr_format": 2, "shape": [1], "chunks": [1], "dtype": "<u1"}'}
+    refs["x/0"] = ["/data/a.bin", 0, 2**63]  # int64 columns hold up to 2^63 - 1
+    with pytest.raises(snapref.InvalidReferenceError, match=r"from 0 to 2\^63 - 1"):
+        air.import_references("x", {"version": 1, "refs": refs})
+    # text the shell could not decode: one named error, not a traceback per command
+    for args in (
+        ["tag", "air", "t2", "--author", "\udcff"],
+        ["log", "\udcff"],
+        ["show", "air@\udcff"],
+        ["allow-source", "/tmp/\udcff/"],
+    ):
+        result = run("-R", air.url, *args, code=1)
+        assert "is not valid Unicode text" in result.stderr, args
+    assert [r.name for r in air.db.refs("air")] == ["main", "t" * 255]
+    assert air.db.get_setting("allowed_sources", []) == []

@@ -21,6 +21,7 @@ from snapref import progress
 from snapref.cli import cli
 from snapref.ingest import ingest
 from snapref.objects import ContentStore
+from tests.conftest import without_root_powers
 from tests.s3_fixtures import BUCKET
 
 
@@ -247,13 +248,6 @@ def test_what_is_not_a_store_is_refused(repo: snapref.Repository, tmp_path: Path
     assert repo.datasets() == [] and not (Path(repo.warehouse.root) / "objects").exists()
 
 
-def _without_root_powers() -> list[str]:
-    """A command prefix under which file modes bind (root reads every folder)."""
-    if os.geteuid() != 0:
-        return []
-    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
-
-
 def test_a_folder_that_cannot_be_listed_is_an_error_not_deleted_chunks(
     repo: snapref.Repository, tmp_path: Path
 ) -> None:
@@ -267,7 +261,7 @@ def test_a_folder_that_cannot_be_listed_is_an_error_not_deleted_chunks(
     try:
         out = subprocess.run(
             [
-                *_without_root_powers(),
+                *without_root_powers(),
                 *(sys.executable, "-m", "snapref", "-R", repo.url, "ingest", "grid"),
                 *(str(tmp_path / "src.zarr"), "-m", "refresh"),
             ],

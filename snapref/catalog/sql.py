@@ -62,6 +62,7 @@ from snapref.catalog.records import (
 from snapref.errors import (
     AlreadyExistsError,
     CatalogSchemaError,
+    CatalogUnavailableError,
     ConflictError,
     VersionNotFoundError,
 )
@@ -186,10 +187,20 @@ class Catalog(Lookups):
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction: committed on success, rolled back on any error."""
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(snapref_write=True)
-            with conn.begin():
-                yield conn
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(snapref_write=True)
+                with conn.begin():
+                    yield conn
+        except sa.exc.OperationalError as exc:
+            if "readonly" not in str(exc.orig).replace("read-only", "readonly"):
+                raise
+            raise CatalogUnavailableError(
+                f"Cannot write the catalog {safe_url(self.url)}: it is read-only "
+                f"({exc.orig}). Nothing was recorded. Check that you may write the catalog "
+                "file, its -wal and -shm files and their folder (or the database user's "
+                "rights)."
+            ) from None
 
     # -- settings ----------------------------------------------------------------------
 

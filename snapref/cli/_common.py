@@ -16,7 +16,7 @@ import snapref
 from snapref import progress
 from snapref.catalog import Snapshot
 from snapref.catalog.records import format_time, printable
-from snapref.errors import SnapRefError
+from snapref.errors import InvalidInputError, SnapRefError
 from snapref.repository import Repository
 
 __all__ = [
@@ -86,6 +86,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _check_arguments(kwargs)
             return func(*args, **kwargs)
         except SnapRefError as exc:
             click.echo(f"Error: {exc}", err=True)
@@ -102,6 +103,22 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+def _check_arguments(arguments: dict[str, Any]) -> None:
+    """Refuse text that is not valid Unicode in any argument: bytes the shell could not
+    decode (``$'\\xff'``) arrive as lone surrogates, which can be neither looked up,
+    stored nor printed."""
+    for name, value in arguments.items():
+        for text in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise InvalidInputError(
+                        f"The {name.replace('_', ' ')} argument {text!r} is not valid "
+                        f"Unicode text ({exc.reason}); give it in UTF-8"
+                    ) from None
 
 
 def _storage_error(exc: Exception) -> str | None:
@@ -121,8 +138,16 @@ def _storage_error(exc: Exception) -> str | None:
         )
     if boto is not None and isinstance(exc, boto.BotoCoreError | boto.ClientError):
         return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, ConnectionError | TimeoutError):
+    if isinstance(exc, ConnectionError | TimeoutError) or (
+        isinstance(exc, OSError) and type(exc).__module__.startswith("aiohttp")
+    ):
         return f"Cannot reach the storage: {exc}. Check the URL and endpoint_url."
+    if isinstance(exc, ValueError) and str(exc).startswith("Protocol not known"):
+        # fsspec's word for a URL scheme it has no filesystem for
+        return (
+            f"{exc}: no fsspec filesystem reads such URLs. Check the URL, or install the "
+            "package that provides that protocol."
+        )
     return None
 
 

@@ -56,7 +56,13 @@ def init(obj: Context, url: str | None, catalog: str | None) -> None:
 @cli.command("import")
 @click.argument("name")
 @click.argument("refs")
-@click.option("-m", "--message", default="Import references", show_default=True)
+@click.option(
+    "-m",
+    "--message",
+    default="Import references",
+    show_default=True,
+    help="Why the dataset was adopted: version 1's message.",
+)
 @click.option("--description", default="", help="Description of the dataset.")
 @author_option
 @prop_option
@@ -236,7 +242,8 @@ def commit(
     "fmt",
     type=click.Choice(["text", "json", "dot"]),
     default="text",
-    help="dot: the version graph for Graphviz (dot -Tpng).",
+    show_default=True,
+    help="text: for people; json: as --json; dot: the version graph for Graphviz (dot -Tpng).",
 )
 @json_option
 @pass_ctx

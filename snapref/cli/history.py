@@ -168,7 +168,7 @@ def sources(obj: Context, spec: str | None, url: str | None, as_json: bool) -> N
 
 @cli.command()
 @click.argument("name")
-@click.option("--branch", default="main", show_default=True)
+@click.option("--branch", default="main", show_default=True, help="The branch to move.")
 @click.option("--to", "to", required=True, metavar="VERSION", help="Version to move the branch to.")
 @click.option("-m", "--message", help="Why (recorded in the audit log).")
 @author_option
