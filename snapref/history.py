@@ -1111,8 +1111,9 @@ def rebase_changeset(
         and theirs[k][1] != ref
         and (doc := merged_document(k, theirs[k][0], ref, theirs[k][1])) is not None
     }
+    edits = changeset.changes  # as the transaction made them: its own geometry
     if documents:  # both sides edited these documents, in different members
-        changeset = replace(changeset, changes={**changeset.changes, **documents})
+        changeset = replace(changeset, changes={**edits, **documents})
     mine = {
         k: (m_parent.get(k) if is_metadata_key(k) else None, ref)
         for k, ref in changeset.changes.items()
@@ -1124,7 +1125,7 @@ def rebase_changeset(
         return changeset.changes[key] if key in changeset.changes else m_head.get(key)
 
     def own(key: str) -> Ref | None:
-        return changeset.changes[key] if key in changeset.changes else m_parent.get(key)
+        return edits[key] if key in edits else m_parent.get(key)
 
     written = {k: (None, ref) for k, ref in changeset.changes.items()}
     cut = _cut_off(rebased, ((written, own), (theirs, m_head.get)), arrays)

@@ -390,6 +390,21 @@ def test_zarr_v3_shape_and_attributes_merge_like_v2s_two_documents(
     t = snapref.open(repo, "v3")["t"]
     assert t[:].tolist() == [1, 2, 3, 4, 5, 6, 7]
     assert (t.attrs["units"], t.attrs["checked_by"], t.attrs["qc"]) == ("degC", "ana", "checked")
+    # a chunk written beyond where the other side cut the array stays a conflict,
+    # even though the two zarr.json documents merge (shape from one, attribute other)
+    slow = repo.transaction("v3", message="late value and a note", rebase=True)
+    t = zarr.open_group(slow.store, mode="r+")["t"]
+    t[6] = 70.0
+    t.attrs["note"] = "late"
+    with repo.transaction("v3", message="cut to 4") as tx:
+        zarr.open_group(tx.store, mode="r+")["t"].resize((4,))
+    with pytest.raises(snapref.MergeConflictError, match="cut shorter") as err:
+        slow.commit()
+    assert "t/c/3" in err.value.keys
+    assert snapref.open(repo, "v3")["t"].shape == (4,)
+    with repo.transaction("v3", message="back to 7") as tx:
+        zarr.open_group(tx.store, mode="r+")["t"].resize((7,))
+    assert snapref.open(repo, "v3")["t"][4:].tolist() == [0.0, 0.0, 0.0]
     # the same attribute set differently on both sides stays a conflict
     repo.branch("v3", "other")
     with repo.transaction("v3", message="kelvin again") as tx:
