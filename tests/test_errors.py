@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 import sqlalchemy as sa
 import zarr
@@ -187,6 +188,16 @@ def test_a_lost_object_is_an_error_never_fill_values(air: snapref.Repository) ->
         snapref.open(air, "air")["temp"][0, 0, 0]
     with pytest.raises(snapref.IntegrityError, match="is missing"):
         snapref.open_dataset(air, "air")["temp"].load()
+    # the multi-key paths too: fsspec's cat of a list, and the mapper (which reads a
+    # FileNotFoundError as a missing key, whatever on_error asks)
+    fs = snapref.open(air, "air").store.fs
+    for on_error in ("raise", "return", "omit"):
+        with pytest.raises(snapref.IntegrityError, match="is missing"):
+            fs.cat(["temp/0.0.0", "temp/0.0.1"], on_error=on_error)
+    with pytest.raises(snapref.IntegrityError, match="is missing"):
+        fsspec.filesystem("snapref", repo=air, dataset="air").get_mapper("").getitems(
+            ["temp/0.0.0", "temp/0.0.1"], on_error="omit"
+        )
     # writing part of that chunk reads the rest of it first: the edit fails whole
     with pytest.raises(snapref.IntegrityError, match="is missing"):
         with air.transaction("air", message="fix one value") as tx:
