@@ -967,9 +967,16 @@ def init(
     # that belongs to another repository (connect)
     config = {"format": 1, "catalog": recorded, "id": uuid.uuid4().hex}
     # Claim the warehouse before creating the catalog: when the warehouse cannot be
-    # written (no such bucket), no catalog is left behind to block a retry.
+    # written (no such bucket), no catalog is left behind to block a retry. The claim
+    # is exclusive: of several processes running init at once, one makes the
+    # repository and the others get AlreadyExistsError, touching nothing (a loser
+    # removing the config file it failed with removed the winner's).
     try:
-        warehouse.fs.pipe_file(config_path, ujson.dumps(config, indent=2).encode())
+        warehouse.fs.pipe_file(config_path, ujson.dumps(config, indent=2).encode(), mode="create")
+    except FileExistsError:
+        raise AlreadyExistsError(
+            f"A snapref repository exists at {warehouse.url} already"
+        ) from None
     except FileNotFoundError as exc:
         raise NotFoundError(
             f"Cannot create a repository at {warehouse.url}: {exc}. Create the bucket "

@@ -453,3 +453,44 @@ def test_the_embedded_catalog_stays_inside_any_warehouse_folder(
     assert sorted(p.name for p in tmp_path.iterdir()) == [folder]
     repo = snapref.connect(str(wh))
     assert repo.head("d").version == 1 and repo.log("d")[0].message == "import"
+
+
+def _init_and_import(warehouse: str, start: Any) -> str:
+    """Run in a child process: wait for ``start``, then init ``warehouse`` and import
+    one dataset; what happened, as text."""
+    start.wait(timeout=60)
+    try:
+        repo = snapref.init(warehouse)
+    except snapref.AlreadyExistsError:
+        return "exists"
+    repo.import_references("d", _refs(), message="import")
+    repo.close()
+    return "made"
+
+
+def test_processes_racing_to_init_one_folder_make_one_repository(tmp_path: Path) -> None:
+    # a job array whose every task does "init if needed": one makes the repository,
+    # the others are told it exists, and nobody removes what the winner wrote
+    ctx = multiprocessing.get_context("spawn")
+    for trial in range(3):
+        wh = str(tmp_path / f"wh{trial}")
+        with ctx.Manager() as manager:
+            start = manager.Event()
+            with ProcessPoolExecutor(4, mp_context=ctx) as pool:
+                futures = [pool.submit(_init_and_import, wh, start) for _ in range(4)]
+                start.set()
+                outcomes = sorted(f.result(timeout=240) for f in futures)
+        assert outcomes == ["exists", "exists", "exists", "made"]
+        assert [s.message for s in snapref.connect(wh).log("d")] == ["import"]
+
+
+def test_a_repository_removed_and_made_again_in_one_process_is_new(tmp_path: Path) -> None:
+    import shutil
+
+    wh = str(tmp_path / "wh")
+    first = snapref.init(wh)
+    first.import_references("d", _refs(), message="import")
+    shutil.rmtree(wh)  # while `first` is still open
+    second = snapref.init(wh)
+    assert second.datasets() == [] and snapref.connect(wh).datasets() == []
+    first.close()

@@ -8,6 +8,7 @@ saying what to check.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from typing import Any
@@ -121,8 +122,14 @@ class Engines:
 ENGINES = Engines()
 
 
-def _file_identity(url: str) -> tuple[int, int] | None:
-    """(device, inode) of a SQLite/duckdb database file, None for a server or no file."""
+_NEW_FILES = itertools.count()
+
+
+def _file_identity(url: str) -> tuple[Any, ...] | None:
+    """(device, inode) of a SQLite/duckdb database file, None for a server. A file that
+    does not exist yet gets an identity of its own: an engine kept for a file of that
+    name that was deleted (a repository removed and made again by init) must not serve
+    the new one."""
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
@@ -132,7 +139,7 @@ def _file_identity(url: str) -> tuple[int, int] | None:
     try:
         st = os.stat(parsed.database)
     except OSError:
-        return None
+        return ("new", next(_NEW_FILES))
     return st.st_dev, st.st_ino
 
 
