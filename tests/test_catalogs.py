@@ -494,3 +494,46 @@ def test_a_repository_removed_and_made_again_in_one_process_is_new(tmp_path: Pat
     second = snapref.init(wh)
     assert second.datasets() == [] and snapref.connect(wh).datasets() == []
     first.close()
+
+
+def _thread_commits(repo: snapref.Repository, branch: str, first: int) -> tuple[int, int]:
+    """COMMITS commits of chunks ``first, first + 1, ...`` on ``branch``: (landed,
+    conflicts)."""
+    landed = conflicts = 0
+    for i in range(COMMITS):
+        try:
+            with repo.transaction("d", message=f"{branch} {i}", branch=branch) as tx:
+                tx.fs.pipe_file(f"v/{first + i}", np.uint16(first + i + 1).tobytes())
+            landed += 1
+        except snapref.ConflictError:
+            conflicts += 1
+    return landed, conflicts
+
+
+@pytest.mark.parametrize("catalog_kind", ["sqlite", "duckdb"])
+def test_threads_of_one_process_commit_or_conflict_nothing_else(
+    tmp_path: Path, catalog_url: str | None
+) -> None:
+    # duckdb is one process at a time, so threads (an ASGI service, a dask job) are
+    # how it is shared: its optimistic transactions must not leak as OperationalError
+    from concurrent.futures import ThreadPoolExecutor
+
+    repo = snapref.init(str(tmp_path / "wh"), catalog=catalog_url)
+    repo.import_references("d", _refs(), message="import")
+    branches = [f"b{w}" for w in range(WRITERS)]
+    for b in branches:
+        repo.branch("d", b)
+    with ThreadPoolExecutor(WRITERS) as pool:
+        apart = list(pool.map(_thread_commits, [repo] * WRITERS, branches, range(0, 20, 5)))
+        together = list(
+            pool.map(_thread_commits, [repo] * WRITERS, ["main"] * WRITERS, range(0, 20, 5))
+        )
+    assert apart == [(COMMITS, 0)] * WRITERS
+    assert all(landed + conflicts == COMMITS for landed, conflicts in together)
+    assert len(repo.log("d")) == 1 + sum(landed for landed, _ in together)
+    for b in branches:
+        assert len(repo.log("d", branch=b)) == 1 + COMMITS
+    # every version number used once
+    numbers = sorted(s.version for b in ["main", *branches] for s in repo.log("d", branch=b))
+    assert sorted(set(numbers)) == list(range(1, len(set(numbers)) + 1))
+    repo.close()

@@ -613,6 +613,14 @@ class Catalog(Lookups):
                 self._check_parents_exist(dataset, [expected_parent, *snapshot["parents"]])
                 last = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
                 continue
+            except sa.exc.OperationalError as exc:
+                # duckdb's optimistic concurrency (threads of one process): a writer
+                # that took the same version number, or moved the head, first makes
+                # this one's COMMIT fail; the next try counts again or sees the head
+                if type(exc.orig).__name__ != "TransactionException":
+                    raise
+                last = str(exc.orig).strip().splitlines()[0]
+                continue
         raise ConflictError(
             f"Could not allocate a version number for dataset {dataset!r} after "
             f"{_COMMIT_TRIES} tries; "
