@@ -537,3 +537,39 @@ def test_threads_of_one_process_commit_or_conflict_nothing_else(
     numbers = sorted(s.version for b in ["main", *branches] for s in repo.log("d", branch=b))
     assert sorted(set(numbers)) == list(range(1, len(set(numbers)) + 1))
     repo.close()
+
+
+def test_a_repository_on_read_only_storage_reads(tmp_path: Path) -> None:
+    # an archive or a read-only mount: SQLite cannot make the -shm file a WAL catalog
+    # is read with, and nobody can write there either, so it is read as immutable
+    from tests.conftest import without_root_powers
+
+    wh = tmp_path / "wh"
+    repo = snapref.init(str(wh))
+    repo.import_references("d", _refs(), message="import")
+    with repo.transaction("d", message="edit") as tx:
+        tx.fs.pipe_file("v/3", np.uint16(7).tobytes())
+    repo.tag("d", 1, "first")
+    repo.close()
+    modes = {p: p.stat().st_mode for p in [wh, *wh.rglob("*")]}
+    for p in modes:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    code = f"""
+import snapref
+repo = snapref.connect({str(wh)!r})
+print([s.version for s in repo.log("d")], [r.name for r in repo.refs("d")])
+print(snapref.open(repo, "d")["v"][3], snapref.open(repo, "d", version="first")["v"][3])
+print(snapref.open(repo, "d", as_of="2999-01-01")["v"][3])
+"""
+    try:
+        out = subprocess.run(
+            [*without_root_powers(), sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["[2, 1] ['first', 'main']", "7 0", "7"]

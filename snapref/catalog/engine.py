@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 import threading
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
+from snapref.catalog.lookups import read_only_storage
 from snapref.errors import CatalogUnavailableError
 
 __all__ = ["ENGINES", "Engines", "safe_url"]
@@ -176,12 +179,22 @@ def _open_engine(url: str) -> Engine:
 
 def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        database = sa.engine.make_url(url).database or ""
+        read_only = bool(database) and read_only_storage(database)
+        if read_only:  # as SQLiteReader reads it (see read_only_storage)
+            uri = Path(database).as_uri() + "?mode=ro&immutable=1"
+            engine = sa.create_engine(
+                url, creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+            )
+        else:
+            engine = sa.create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             # let SQLAlchemy, not pysqlite, decide where transactions begin
             dbapi_connection.isolation_level = None
+            if read_only:
+                return
             cur = dbapi_connection.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
             # WAL: readers never block the writer. synchronous=NORMAL in WAL mode keeps

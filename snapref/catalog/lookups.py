@@ -154,6 +154,15 @@ class Lookups(ABC):
         return RefRecord(*rows[0]) if rows else None
 
 
+def read_only_storage(path: str) -> bool:
+    """Whether ``path`` (a catalog file with no WAL file beside it, that is not in the
+    middle of a write) lies where this process can write neither it nor its folder."""
+    if not os.path.isfile(path) or os.path.exists(path + "-wal"):
+        return False
+    folder = os.path.dirname(os.path.abspath(path))
+    return not os.access(folder, os.W_OK) and not os.access(path, os.W_OK)
+
+
 class SQLiteReader(Lookups):
     """The reads above on a SQLite catalog file, through Python's ``sqlite3``.
 
@@ -169,6 +178,11 @@ class SQLiteReader(Lookups):
         self._path = os.path.abspath(path)
         self.url = sqlite_url(self._path)
         self._uri = Path(self._path).as_uri() + "?mode=rw"
+        if read_only_storage(self._path):
+            # a WAL catalog needs its -shm file to be read; on read-only storage (an
+            # archive, a read-only mount) SQLite cannot make one, but nobody can write
+            # there either: the file is read as immutable
+            self._uri = Path(self._path).as_uri() + "?mode=ro&immutable=1"
 
     @classmethod
     def open(cls, url: str) -> SQLiteReader | None:
