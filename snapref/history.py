@@ -206,8 +206,7 @@ def array_info(manifest: Manifest | Callable[[str], Ref | None], path: str) -> A
     base = f"{path}/" if path else ""
     ref = get(base + ".zarray")
     if isinstance(ref, InlineRef):
-        check_metadata(base + ".zarray", ref.data)  # recorded by an older snapref, maybe
-        doc = ujson.loads(ref.data)
+        doc = check_metadata(base + ".zarray", ref.data)  # an older snapref took any
         return ArrayInfo(
             path,
             tuple(doc.get("shape", ())),
@@ -217,8 +216,7 @@ def array_info(manifest: Manifest | Callable[[str], Ref | None], path: str) -> A
         )
     ref = get(base + "zarr.json")
     if isinstance(ref, InlineRef):
-        check_metadata(base + "zarr.json", ref.data)
-        doc = ujson.loads(ref.data)
+        doc = check_metadata(base + "zarr.json", ref.data)
         if doc.get("node_type") != "array":
             return None
         shape = tuple(doc.get("shape", ()))

@@ -124,11 +124,12 @@ def without_consolidated(key: str, data: bytes) -> bytes | None:
     return json.dumps(doc, indent=2).encode()
 
 
-def check_metadata(key: str, data: bytes) -> None:
-    """Raise :class:`InvalidReferenceError` unless ``data`` is a zarr metadata document
-    zarr can read at ``key``: a JSON object, and for an array a shape and a chunk
-    shape of as many non-negative integers. Checked before a version records it: a
-    version whose metadata zarr cannot read cannot be opened, diffed or blamed."""
+def check_metadata(key: str, data: bytes) -> dict[str, Any]:
+    """The zarr metadata document ``data`` at ``key``, decoded; an
+    :class:`InvalidReferenceError` unless zarr can read it: a JSON object, and for an
+    array a shape and a chunk shape of as many non-negative integers. Checked before a
+    version records it: a version whose metadata zarr cannot read cannot be opened,
+    diffed or blamed."""
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -149,6 +150,7 @@ def check_metadata(key: str, data: bytes) -> None:
         config = grid.get("configuration") if isinstance(grid, dict) else None
         chunks = config.get("chunk_shape") if isinstance(config, dict) else None
         _check_grid(key, doc.get("shape"), doc.get("shape") if chunks is None else chunks)
+    return doc
 
 
 def _check_grid(key: str, shape: Any, chunks: Any) -> None:

@@ -49,7 +49,7 @@ from snapref.errors import (
     VersionNotFoundError,
 )
 from snapref.fs import SnapshotFileSystem, SourcePolicy, StagedReferences
-from snapref.manifest import InlineRef, Manifest, ObjectRef, VirtualRef
+from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
 from snapref.objects import Warehouse
 from snapref.refs import (
     allowed_prefix,
@@ -506,29 +506,30 @@ class Repository:
         bytes): committing an edited checkout of 10^6 chunks looks up no key.
         """
         changeset = ChangeSet()
-        url_of = self.objects.url
         seen: set[str] = set()
         for key, before in base.items():
             seen.add(key)
             after = parsed.get(key)
             if after is None:
                 changeset.delete(key)
-            elif not (
-                before == after
-                if type(after) is VirtualRef
-                else type(before) is InlineRef and before.data == after
-            ) and not (
-                type(before) is ObjectRef
-                and type(after) is VirtualRef
-                and after.offset is None
-                and after.url == url_of(before.digest)
-            ):
+            elif not self._as_checked_out(before, after):
                 self._stage_edit(changeset, key, after)
         if len(seen) != len(parsed):
             for key, after in parsed.items():
                 if key not in seen:
                     self._stage_edit(changeset, key, after)
         return changeset
+
+    def _as_checked_out(self, before: Ref, after: Any) -> bool:
+        """Whether ``after`` (parsed from a reference set) is ``before`` as a checkout
+        writes it: the same virtual reference, the same inline bytes, or a warehouse
+        object by its URL. Anything else is staged, and compared again if need be
+        (:meth:`ChangeSet.without_noops`: metadata spelt otherwise, bytes inlined)."""
+        if type(after) is not VirtualRef:
+            return type(before) is InlineRef and before.data == after
+        if type(before) is ObjectRef:
+            return after.offset is None and after.url == self.objects.url(before.digest)
+        return before == after
 
     def _stage_edit(self, changeset: ChangeSet, key: str, value: Any) -> None:
         """Stage ``value`` (parsed from a reference set) at ``key``: a warehouse
