@@ -25,6 +25,32 @@ def _edit_like_the_blog(path: str) -> None:
     fs.save_json(path)
 
 
+def test_summary_lines_count_metadata_documents(
+    run: Any, tmp_path: Path, kerchunk_refs: dict[str, Any]
+) -> None:
+    """The commit and log lines say how many zarr metadata documents a version
+    changed, beside its chunks: an attribute edit is not "+0 ~0 -0 chunks"."""
+    from snapref.keys import is_metadata_key
+
+    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
+    meta = sum(1 for k in kerchunk_refs["refs"] if is_metadata_key(k))
+    chunks = len(kerchunk_refs["refs"]) - meta
+    run("init")
+    out = run("import", "air", "air.json", "-m", "Adopt").output
+    assert f": +{chunks} ~0 -0 chunks, {meta} metadata documents, " in out
+    run("checkout", "air", "-o", "work.json")
+    fs = fsspec.filesystem("reference", fo="work.json", asynchronous=True, skip_instance_cache=True)
+    g = zarr.open_group(zarr.storage.FsspecStore(fs, path=""), mode="r+", zarr_format=2)
+    g["temp"].attrs["qc"] = "v1"
+    g["temp"][1, 0:4, 0:4] /= 2
+    fs.save_json("work.json")
+    out = run("commit", "air", "work.json", "-m", "QC").output
+    assert ": +0 ~1 -0 chunks, 1 metadata document, " in out
+    log = run("log", "air").output
+    assert "    +0 ~1 -0 chunks, 1 metadata document, " in log
+    assert f"    +{chunks} ~0 -0 chunks, {meta} metadata documents, " in log
+
+
 def test_blog_workflow(run: Any, tmp_path: Path, kerchunk_refs: dict[str, Any]) -> None:
     (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
     run("init")

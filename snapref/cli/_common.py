@@ -223,11 +223,9 @@ def print_snapshot(snap: Snapshot, as_json: bool, verb: str) -> None:
     if as_json:
         emit_json(snap.to_json())
         return
-    s = snap.summary
     click.echo(
         f"{verb} {snap.dataset} version {snap.version} ({snap.id[:12]}) on {snap.branch}: "
-        f"+{s.get('chunks_added', 0)} ~{s.get('chunks_modified', 0)} "
-        f"-{s.get('chunks_removed', 0)} chunks, {_size(s.get('bytes_written', 0))} written"
+        f"{_changes(snap.summary)}"
     )
 
 
@@ -239,7 +237,6 @@ def echo_text(line: str) -> None:
 
 
 def print_log_entry(snap: Snapshot) -> None:
-    s = snap.summary
     click.echo(
         click.style(f"version {snap.version}", fg="yellow")
         + f"  {snap.id[:12]}  {format_time(snap.timestamp)}  [{snap.branch}]"
@@ -248,11 +245,20 @@ def print_log_entry(snap: Snapshot) -> None:
     # lines are what the author typed ("\n", or "\r\n"); other breaks are escaped
     for line in snap.message.replace("\r\n", "\n").removesuffix("\n").split("\n"):
         click.echo(f"    {printable(line, keep=chr(9))}".rstrip())
-    click.echo(
-        f"    chunks +{s.get('chunks_added', 0)} ~{s.get('chunks_modified', 0)} "
-        f"-{s.get('chunks_removed', 0)}, {_size(s.get('bytes_written', 0))} written"
-    )
+    click.echo(f"    {_changes(snap.summary)}")
     click.echo()
+
+
+def _changes(s: dict[str, int]) -> str:
+    """A version's summary in one line: chunks added, modified and removed, metadata
+    documents changed (when any), bytes written."""
+    line = (
+        f"+{s.get('chunks_added', 0)} ~{s.get('chunks_modified', 0)} "
+        f"-{s.get('chunks_removed', 0)} chunks"
+    )
+    if meta := s.get("metadata_changed", 0):
+        line += f", {meta} metadata document{'s' if meta != 1 else ''}"
+    return f"{line}, {_size(s.get('bytes_written', 0))} written"
 
 
 def _size(n: int) -> str:
