@@ -661,17 +661,23 @@ class SourceUse:
 
 def _shard_urls(manifest: Manifest, digest: str) -> tuple[dict[str, tuple[int, int]], bool]:
     """``{url: (references, bytes)}`` of the virtual references in one shard, and
-    whether it holds any warehouse object."""
-    kinds, urls, lengths = (
-        c.to_pylist()
-        for c in read_shard_table(manifest.shards.get(digest), ["kind", "url", "length"]).columns
+    whether it holds any warehouse object (counted by Arrow, not row by row)."""
+    table = read_shard_table(manifest.shards.get(digest), ["kind", "url", "length"])
+    kinds = table["kind"]
+    virtual = table.filter(pc.equal(kinds, KIND_VIRTUAL))
+    url = virtual["url"]
+    if pa.types.is_dictionary(url.type):
+        url = url.cast(url.type.value_type)
+    grouped = (
+        pa.table({"url": url, "length": pc.fill_null(virtual["length"], 0)})
+        .group_by("url")
+        .aggregate([("length", "count"), ("length", "sum")])
     )
-    out: dict[str, tuple[int, int]] = {}
-    for kind, url, length in zip(kinds, urls, lengths, strict=True):
-        if kind == KIND_VIRTUAL:
-            n, b = out.get(url, (0, 0))
-            out[url] = (n + 1, b + (length or 0))
-    return out, KIND_OBJECT in kinds
+    counts = zip(
+        grouped["length_count"].to_pylist(), grouped["length_sum"].to_pylist(), strict=True
+    )
+    out = dict(zip(grouped["url"].to_pylist(), counts, strict=True))
+    return out, pc.any(pc.equal(kinds, KIND_OBJECT)).as_py() is True
 
 
 def protocols(
