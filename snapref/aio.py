@@ -15,8 +15,9 @@ through fsspec's I/O thread::
 
 What still runs outside the event loop, by design of the layers underneath:
 
-- Resolving ``version`` is one SQL query on the catalog (SQLAlchemy is synchronous):
-  sub-millisecond on the embedded SQLite catalog, one round trip on PostgreSQL.
+- Resolving ``version`` is a few small synchronous catalog reads (the dataset, the
+  ref, the snapshot): sub-millisecond on the embedded SQLite catalog, which is read
+  with Python's sqlite3; round trips on PostgreSQL, through SQLAlchemy.
 - Files on *local disk* have no async API: fsspec's ``AsyncFileSystemWrapper`` reads
   them in asyncio's default thread pool (bounded, shared). S3, GCS, HTTP are natively
   async (s3fs, gcsfs, aiohttp).
@@ -36,7 +37,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import ujson
 import zarr
 from fsspec.asyn import AsyncFileSystem
 from fsspec.utils import get_protocol
@@ -97,9 +97,7 @@ def _filesystems(repo: Repository) -> _LoopFilesystems:
 async def open_snapshot_async(repo: Repository, snapshot: Snapshot) -> zarr.AsyncGroup:
     """Like :func:`open_async`, for a snapshot resolved already (``repo.resolve``)."""
     shared = _filesystems(repo)
-    manifests = repo.warehouse.content("manifests", ".json")
-    doc = ujson.loads(await manifests.get_async(shared.warehouse, snapshot.manifest))
-    manifest = Manifest(repo.warehouse, doc, snapshot.manifest)
+    manifest = await Manifest.load_async(repo.warehouse, snapshot.manifest, shared.warehouse)
     # fsspec's ReferenceFileSystem looks up the key "version" as it is made, a
     # synchronous read: the shard that answers it is loaded here, awaited
     await manifest.get_async("version", shared.warehouse)

@@ -797,10 +797,6 @@ class SnapshotStore(FsspecStore):
         await self.delete_dir("")
 
 
-def _wrapped(cls: type, opts: tuple[tuple[str, Any], ...], asynchronous: bool) -> AsyncFileSystem:
-    return wrapped_fs(cls(**dict(opts)), asynchronous)
-
-
 def _source_filesystems(
     prefixes: tuple[str, ...],
     options: Mapping[str, Mapping[str, Any]],
@@ -820,6 +816,6 @@ def _source_filesystems(
                 else cls(**opts, asynchronous=False, skip_instance_cache=True)
             )
         else:
-            fss[proto] = _wrapped(cls, tuple(sorted(opts.items())), asynchronous)
+            fss[proto] = wrapped_fs(cls(**opts), asynchronous)
     fss[None] = fss["file"]
     return fss

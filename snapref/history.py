@@ -37,7 +37,6 @@ from snapref.errors import (
     InvalidInputError,
     MergeConflictError,
     NotFoundError,
-    VersionNotFoundError,
 )
 from snapref.keys import (
     array_path_of,
@@ -1268,10 +1267,3 @@ def _dot_text(text: str) -> str:
     as escapes (:func:`~snapref.catalog.records.printable`), and a backslash (say the
     last character of a cut message) doubled, so it never escapes the closing quote."""
     return printable(text).replace("\\", "\\\\").replace('"', '\\"')
-
-
-def check_branch(repo: Repository, name: str, branch: str) -> None:
-    """Raise VersionNotFoundError unless ``branch`` is a branch of ``name``."""
-    ref = repo.db.ref(name, branch)
-    if ref is None or ref.kind != BRANCH:
-        raise VersionNotFoundError(f"Dataset {name!r} has no branch {branch!r}")

@@ -315,7 +315,7 @@ class Inspector:
         return pa.Table.from_pylist(rows, schema=schema)
 
     def _shard_table(self, digest: str) -> pa.Table:
-        shards = self.repo.warehouse.content("shards", ".parquet")
+        shards = self.repo.warehouse.shards
         table = read_shard_table(
             shards.get(digest), ["key", "kind", "digest", "url", "offset", "length"]
         )

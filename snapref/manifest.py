@@ -372,7 +372,7 @@ class Manifest(Mapping[str, Ref]):
     def __init__(self, warehouse: Warehouse, doc: Mapping[str, Any], digest: str | None) -> None:
         self.warehouse = warehouse
         self.digest = digest
-        self.shards = warehouse.content("shards", ".parquet")
+        self.shards = warehouse.shards
         self.sections: dict[str, list[ShardInfo]] = {
             name: [ShardInfo(**s) for s in shards] for name, shards in doc["sections"].items()
         }
@@ -393,7 +393,18 @@ class Manifest(Mapping[str, Ref]):
     @classmethod
     def load(cls, warehouse: Warehouse, digest: str) -> Manifest:
         """Read the manifest list named ``digest`` (verified) from the warehouse."""
-        data = warehouse.content("manifests", ".json").get(digest)
+        return cls.from_bytes(warehouse, digest, warehouse.manifest_lists.get(digest))
+
+    @classmethod
+    async def load_async(cls, warehouse: Warehouse, digest: str, afs: AsyncFileSystem) -> Manifest:
+        """:meth:`load` through an asynchronous filesystem (``Warehouse.async_fs``)."""
+        data = await warehouse.manifest_lists.get_async(afs, digest)
+        return cls.from_bytes(warehouse, digest, data)
+
+    @classmethod
+    def from_bytes(cls, warehouse: Warehouse, digest: str, data: bytes) -> Manifest:
+        """The manifest list ``digest`` from its verified bytes; refuses a format this
+        snapref does not read."""
         doc = ujson.loads(data)
         if doc.get("format") != MANIFEST_FORMAT:
             raise CatalogSchemaError(
@@ -406,11 +417,6 @@ class Manifest(Mapping[str, Ref]):
         return _manifest_doc(self.arrays, self.sections)
 
     # -- locating keys -----------------------------------------------------------------
-
-    def section_of(self, key: str, arrays: frozenset[str] | None = None) -> str:
-        """Which section ``key`` belongs to, given the set of array paths."""
-        arrays = self.arrays if arrays is None else arrays
-        return section_of(key, arrays)
 
     def _shard_info(self, key: str) -> ShardInfo | None:
         section, order = _place(key, self.arrays)
@@ -632,9 +638,7 @@ class ManifestWriter:
         if digest == base.digest:
             return WriteResult(base, 0, 0)
         shard_result = base.shards.put_many(new_shards)
-        list_result: PutResult = base.warehouse.content("manifests", ".json").put_many(
-            {digest: data}
-        )
+        list_result: PutResult = base.warehouse.manifest_lists.put_many({digest: data})
         manifest = Manifest(base.warehouse, doc, digest)
         return WriteResult(
             manifest,
@@ -702,7 +706,7 @@ class SectionWriter:
     def __init__(self, warehouse: Warehouse, array: str, max_refs: int = MAX_SHARD_REFS) -> None:
         self.section = _array_section(array)
         self.max_refs = max_refs
-        self._shards = warehouse.content("shards", ".parquet")
+        self._shards = warehouse.shards
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last: tuple[Any, ...] | None = None

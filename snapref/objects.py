@@ -19,7 +19,7 @@ import asyncio
 import functools
 import os
 import tempfile
-from collections.abc import Buffer, Iterable, Mapping
+from collections.abc import Buffer, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,9 +100,22 @@ class Warehouse:
             return self.async_fs() if asynchronous else self.fs
         return wrapped_fs(self.fs, asynchronous)
 
-    def content(self, kind: str, suffix: str = "") -> ContentStore:
-        """The content-addressed store of one kind: objects, shards or manifests."""
-        return ContentStore(self, kind, suffix)
+    # the three content-addressed stores of docs/layout.md
+
+    @functools.cached_property
+    def objects(self) -> ContentStore:
+        """Chunk payloads and other bytes of keys: ``objects/<digest>``."""
+        return ContentStore(self, "objects")
+
+    @functools.cached_property
+    def shards(self) -> ContentStore:
+        """Manifest shards: ``shards/<digest>.parquet``."""
+        return ContentStore(self, "shards", ".parquet")
+
+    @functools.cached_property
+    def manifest_lists(self) -> ContentStore:
+        """Manifest lists (a version's shards, by section): ``manifests/<digest>.json``."""
+        return ContentStore(self, "manifests", ".json")
 
 
 def new_async_fs(cls: type, options: Mapping[str, Any]) -> AsyncFileSystem:
@@ -277,23 +290,6 @@ class ContentStore:
         except FileNotFoundError:
             raise self._missing(digest) from None
         return self.verify(digest, data)
-
-    def get_many(self, digests: Iterable[str]) -> dict[str, bytes]:
-        """Verified bytes of several files, fetched concurrently where the fs allows."""
-        digests = list(dict.fromkeys(digests))
-        paths = [self.path(d) for d in digests]
-        data = self.warehouse.fs.cat(paths, on_error="return") if paths else {}
-        if len(paths) == 1 and not isinstance(data, dict):
-            data = {paths[0]: data}
-        out = {}
-        for d, p in zip(digests, paths, strict=True):
-            got = data[p]
-            if isinstance(got, FileNotFoundError):
-                raise self._missing(d)
-            if isinstance(got, BaseException):
-                raise got
-            out[d] = self.verify(d, got)
-        return out
 
     async def get_async(self, afs: AsyncFileSystem, digest: str) -> bytes:
         """Like :meth:`get`, through an asynchronous filesystem from ``async_fs()``;

@@ -106,7 +106,7 @@ class Repository:
         self._reads = catalog
         self._db: Catalog | None = None if isinstance(catalog, SQLiteReader) else catalog.full()
         self._db_lock = threading.Lock()
-        self.objects = warehouse.content("objects")
+        self.objects = warehouse.objects
         self._source_options = dict(source_options or {})
 
     def __repr__(self) -> str:

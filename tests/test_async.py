@@ -62,7 +62,6 @@ def no_blocking_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     SHARD_CACHE.clear()  # as in a server process that did not make the versions
     monkeypatch.setattr(ContentStore, "get", refuse)
-    monkeypatch.setattr(ContentStore, "get_many", refuse)
     monkeypatch.setattr(Manifest, "load", refuse)
     monkeypatch.setattr("snapref.fs.sync", refuse)
     monkeypatch.setattr("snapref.objects.sync", refuse)

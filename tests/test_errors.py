@@ -210,10 +210,10 @@ def test_a_lost_manifest_shard_is_an_error_not_a_missing_array(
     air: snapref.Repository,
 ) -> None:
     snap = air.head("air")
-    doc = json.loads(air.warehouse.content("manifests", ".json").get(snap.manifest))
+    doc = json.loads(air.warehouse.manifest_lists.get(snap.manifest))
     (section,) = [s for s in doc["sections"] if s.endswith(":temp")]
     digest = doc["sections"][section][0]["digest"]
-    Path(air.warehouse.content("shards", ".parquet").path(digest)).unlink()
+    Path(air.warehouse.shards.path(digest)).unlink()
     SHARD_CACHE.clear()  # as in a new process
     with pytest.raises(snapref.IntegrityError, match=r"shard file://.* is missing"):
         snapref.open(air, "air")["temp"][0, 0, 0]

@@ -51,7 +51,7 @@ def test_bytes_stored_per_dataset_counting_shared_objects_once(two: snapref.Repo
         "GROUP BY dataset ORDER BY dataset"
     )
     rows = {r["dataset"]: r["bytes"] for r in t.to_pylist()}
-    objects = two.warehouse.content("objects")
+    objects = two.warehouse.objects
     air = {
         ref.digest
         for s in two.db.all_snapshots("air").values()

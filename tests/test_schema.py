@@ -248,9 +248,36 @@ def test_manifest_list_fields_match_what_is_written(tmp_path: Path) -> None:
     repo = snapref.init(str(tmp_path / "wh"))
     snap = repo.import_references("d", _refs(), "m")
     spec = json.loads((SCHEMAS / "manifest-v1.json").read_text())["manifest_list"]
-    doc = json.loads(repo.warehouse.content("manifests", ".json").get(snap.manifest).decode())
+    doc = json.loads(repo.warehouse.manifest_lists.get(snap.manifest).decode())
     assert sorted(doc) == sorted(spec["fields"])
     for infos in doc["sections"].values():
         for info in infos:
             assert sorted(info) == sorted(spec["section_fields"])
     assert doc["arrays"] == ["x"]
+
+
+def test_a_manifest_of_a_newer_format_is_refused_by_sync_and_async_opens(
+    tmp_path: Path,
+) -> None:
+    """A version whose manifest list a newer snapref wrote (another "format") is a
+    CatalogSchemaError that says to upgrade, on both read paths, not a misreading."""
+    import asyncio
+    import sqlite3
+
+    from snapref.objects import content_hash
+
+    repo = snapref.init(str(tmp_path / "wh"))
+    snap = repo.import_references("d", _refs(), "m")
+    doc = json.loads(repo.warehouse.manifest_lists.get(snap.manifest))
+    data = json.dumps({**doc, "format": 2}).encode()
+    digest = content_hash(data)
+    repo.warehouse.manifest_lists.put_many({digest: data})
+    repo.close()
+    with sqlite3.connect(tmp_path / "wh" / "catalog.db") as db:
+        db.execute("UPDATE snapshots SET manifest = ? WHERE id = ?", (digest, snap.id))
+    with pytest.raises(
+        snapref.CatalogSchemaError, match=f"Manifest {digest} has format 2.*Upgrade"
+    ):
+        snapref.open(str(tmp_path / "wh"), "d")
+    with pytest.raises(snapref.CatalogSchemaError, match=f"Manifest {digest} has format 2"):
+        asyncio.run(snapref.open_async(str(tmp_path / "wh"), "d"))

@@ -316,7 +316,7 @@ def test_racing_writers_of_the_same_bytes_create_one_object(tmp_path: Any) -> No
 
     from snapref.objects import Warehouse
 
-    store = Warehouse(str(tmp_path)).content("objects")
+    store = Warehouse(str(tmp_path)).objects
     data = np.random.default_rng(0).bytes(1 << 20)
     start = threading.Barrier(8)
 

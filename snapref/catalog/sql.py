@@ -601,7 +601,7 @@ class Catalog(Lookups):
                     ) from None
                 raise ConflictError(
                     f"Branch {branch!r} of dataset {dataset!r} moved while you worked: it "
-                    f"points at {head.snapshot_id[:12] if head else 'nothing'}, not at "
+                    f"points at {head.snapshot_id[:12]}, not at "
                     f"{expected_parent[:12]} where your changes started. Nothing was "
                     "committed. Start again from the new head (a new transaction, or "
                     "'snapref checkout') and re-apply your changes, or commit them to a "

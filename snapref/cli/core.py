@@ -322,7 +322,7 @@ def show(obj: Context, spec: str, as_json: bool) -> None:
         "sources": repo.sources(name),
         "arrays": {a: manifest.array_count(a) for a in sorted(manifest.arrays)},
         "keys": len(manifest),
-        "shards": sum(len(v) for v in manifest.sections.values()),
+        "shards": manifest.shard_count(),
         "changes": changes,
     }
     if as_json:
