@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from snapref.catalog import BRANCH
 from snapref.catalog.records import printable
 from snapref.errors import InvalidInputError
 from snapref.manifest import read_shard_table
@@ -224,7 +225,7 @@ class Inspector:
             if r["new_snapshot"] is None:
                 continue
             ref = self.repo.db.ref(r["dataset"], r["ref"])
-            if ref is None or ref.kind != "branch":
+            if ref is None or ref.kind != BRANCH:
                 continue
             key = (r["dataset"], r["ref"])
             if key not in heads:

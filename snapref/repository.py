@@ -167,21 +167,7 @@ class Repository:
 
     def head(self, name: str, branch: str = MAIN_BRANCH) -> Snapshot:
         """The snapshot at the head of ``branch`` of dataset ``name``."""
-        self._reads.dataset(name)
-        ref = self._reads.ref(name, branch)
-        if ref is None or ref.kind != BRANCH:
-            branches = ", ".join(r.name for r in self.db.refs(name) if r.kind == BRANCH)
-            if ref is not None:  # a tag: it names one version forever
-                raise VersionNotFoundError(
-                    f"{branch!r} is a tag of dataset {name!r}, not a branch: tags never "
-                    f"move. Use a branch ({branches}), or start one from the tag with "
-                    f"'snapref branch {name} NEW --from {branch}'."
-                )
-            raise VersionNotFoundError(
-                f"Dataset {name!r} has no branch {branch!r} (branches: {branches}). "
-                f"Create it with 'snapref branch {name} {branch}'."
-            )
-        return self._reads.snapshot(ref.snapshot_id)
+        return self._reads.snapshot(self._reads.branch(name, branch).snapshot_id)
 
     def resolve(
         self,
@@ -267,12 +253,8 @@ class Repository:
     def log(self, name: str, branch: str | None = None) -> Log:
         """The versions of ``branch`` (default ``main``), newest first: a read-only
         sequence of :class:`Snapshot` (indexing, slicing, iteration, ``len``)."""
-        branch = branch or MAIN_BRANCH
-        ref = self.db.ref(name, branch)
-        if ref is None or ref.kind != BRANCH:
-            self.head(name, branch)  # raises the error that names what exists
-        assert ref is not None
-        return self.db.ancestry(ref.snapshot_id, dataset=name)
+        head = self.db.branch(name, branch or MAIN_BRANCH)
+        return self.db.ancestry(head.snapshot_id, dataset=name)
 
     def refs(self, name: str) -> list[RefRecord]:
         """Branches and tags of dataset ``name``."""

@@ -62,6 +62,9 @@ SNAPSHOTS_BY_ID_PREFIX_SQL = f"{_SNAPSHOT} WHERE dataset = :dataset AND id LIKE 
 REF_SQL = (
     "SELECT dataset, name, kind, snapshot_id FROM refs WHERE dataset = :dataset AND name = :name"
 )
+BRANCH_NAMES_SQL = (
+    f"SELECT name FROM refs WHERE dataset = :dataset AND kind = '{BRANCH}' ORDER BY name"
+)
 SETTING_SQL = "SELECT value FROM settings WHERE key = :key"
 SOURCES_SQL = "SELECT prefix FROM dataset_sources WHERE dataset = :dataset ORDER BY prefix"
 
@@ -152,6 +155,35 @@ class Lookups(ABC):
     def ref(self, dataset: str, name: str) -> RefRecord | None:
         rows = self._rows(REF_SQL, {"dataset": dataset, "name": name})
         return RefRecord(*rows[0]) if rows else None
+
+    def branch(self, dataset: str, name: str, *, committing: bool = False) -> RefRecord:
+        """The branch ``name`` of ``dataset``.
+
+        Raises
+        ------
+        DatasetNotFoundError
+            If there is no dataset ``dataset``.
+        VersionNotFoundError
+            If ``name`` is a tag or no ref at all, naming the branches there are;
+            ``committing`` adds that nothing was committed.
+        """
+        ref = self.ref(dataset, name)
+        if ref is not None and ref.kind == BRANCH:
+            return ref
+        self.dataset(dataset)  # DatasetNotFoundError first, if that is what is wrong
+        branches = ", ".join(r[0] for r in self._rows(BRANCH_NAMES_SQL, {"dataset": dataset}))
+        if ref is not None:  # a tag: it names one version forever
+            raise VersionNotFoundError(
+                f"{name!r} is a tag of dataset {dataset!r}, not a branch: tags never move"
+                f"{', and nothing was committed' if committing else ''}. Use a branch "
+                f"({branches}), or start one from the tag with "
+                f"'snapref branch {dataset} NEW --from {name}'."
+            )
+        raise VersionNotFoundError(
+            f"Dataset {dataset!r} has no branch {name!r} (branches: {branches})"
+            f"{'; nothing was committed' if committing else ''}. Create it with "
+            f"'snapref branch {dataset} {name}'."
+        )
 
 
 def read_only_storage(path: str) -> bool:

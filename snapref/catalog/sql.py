@@ -587,18 +587,7 @@ class Catalog(Lookups):
                     )
                 return self.snapshot(row["id"])
             except _Moved:
-                head = self.ref(dataset, branch)
-                if head is not None and head.kind != BRANCH:
-                    raise VersionNotFoundError(
-                        f"{branch!r} is a tag of dataset {dataset!r}, not a branch: tags "
-                        "never move, and nothing was committed. Commit to a branch, or "
-                        f"start one with 'snapref branch {dataset} NEW --from {branch}'."
-                    ) from None
-                if head is None:
-                    raise VersionNotFoundError(
-                        f"Dataset {dataset!r} has no branch {branch!r}; nothing was "
-                        f"committed. Create it with 'snapref branch {dataset} {branch}'."
-                    ) from None
+                head = self.branch(dataset, branch, committing=True)
                 raise ConflictError(
                     f"Branch {branch!r} of dataset {dataset!r} moved while you worked: it "
                     f"points at {head.snapshot_id[:12]}, not at "
