@@ -30,7 +30,7 @@ from snapref.errors import (
     ReadOnlyError,
     TransactionClosedError,
 )
-from snapref.keys import array_path_of, is_metadata_key, validate_key
+from snapref.keys import array_path_of, chunk_index, is_metadata_key, validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
 from snapref.objects import BytesLike, ContentStore, new_async_fs, wrapped_fs
 from snapref.refs import has_dot_segments
@@ -233,7 +233,8 @@ class StagedReferences(MutableMapping[str, Any]):
                 "that node first (rm -r), or write to a key inside it."
             )
         parents = list(itertools.accumulate(key.split("/")[:-1], lambda a, b: f"{a}/{b}"))
-        if any(self._is_array_folder(p) for p in ["", *parents]):
+        array = next((p for p in reversed(["", *parents]) if self._is_array_folder(p)), None)
+        if array is not None and chunk_index(key[len(array) + 1 :] if array else key) is not None:
             return  # a chunk: its array's keys are zarr's (and looking costs shard reads)
         for parent in parents:
             if parent in self:
@@ -354,6 +355,8 @@ class SnapshotFileSystem(ReferenceFileSystem):
         self._read_only = read_only
         #: the transaction's filesystem this is a read-only view of (see read_only_view)
         self._writable: SnapshotFileSystem | None = None
+        #: why writes are refused, once the transaction is closed (see close_for_writes)
+        self._closed_message: str | None = None
         fss = _source_filesystems(policy.prefixes, self._source_options, asynchronous)
         super().__init__(fo=references, fs=fss, asynchronous=asynchronous, loop=loop, **kwargs)
 
@@ -400,12 +403,13 @@ class SnapshotFileSystem(ReferenceFileSystem):
             )
         return self._writable
 
-    def close_for_writes(self, message: str) -> None:
-        """Refuse every later write with :class:`TransactionClosedError`."""
+    def close_for_writes(self, message: str | None) -> None:
+        """Refuse every later write with :class:`TransactionClosedError` saying
+        ``message``; None takes writes again."""
         self._closed_message = message
 
     def _check_writable(self, path: str) -> None:
-        if getattr(self, "_closed_message", None):
+        if self._closed_message:
             raise TransactionClosedError(f"Cannot write {path!r}: {self._closed_message}")
         if self._read_only and self._writable is not None:
             raise ReadOnlyError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Collection
 from typing import Any
 
 import ujson
@@ -21,6 +22,7 @@ __all__ = [
     "check_metadata",
     "chunk_coords",
     "chunk_index",
+    "file_and_folder",
     "is_metadata_key",
     "node_path",
     "validate_key",
@@ -74,6 +76,22 @@ def validate_key(key: str) -> str:
                 f"Invalid key {key!r}: {part!r} is a zarr metadata document, not a folder"
             )
     return key
+
+
+def file_and_folder(keys: Collection[str]) -> str | None:
+    """A key of ``keys`` that is also the folder of another key (``x`` beside
+    ``x/y``), or None. A store's key is a file or a folder, never both: fsspec would
+    list only one of them. Each folder is looked at once."""
+    folders: set[str] = set()
+    for key in keys:
+        i = key.rfind("/")
+        while i > 0:
+            folder = key[:i]
+            if folder in folders:
+                break
+            folders.add(folder)
+            i = key.rfind("/", 0, i)
+    return next((f for f in sorted(folders) if f in keys), None)
 
 
 def is_metadata_key(key: str) -> bool:

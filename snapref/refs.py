@@ -22,7 +22,7 @@ import fsspec
 import ujson
 
 from snapref.errors import InvalidInputError, InvalidReferenceError
-from snapref.keys import validate_key
+from snapref.keys import file_and_folder, validate_key
 from snapref.manifest import VirtualRef
 
 __all__ = [
@@ -58,6 +58,9 @@ def load_reference_file(url: str, storage_options: Mapping[str, Any] | None = No
     except FileNotFoundError as exc:
         raise InvalidReferenceError(f"Reference file {url!r} does not exist") from exc
     except IsADirectoryError as exc:
+        from snapref.refs_parquet import check_reference_folder
+
+        check_reference_folder(url, storage_options)  # says what is wrong, if it can
         raise InvalidReferenceError(
             f"{url!r} is a folder, and not a parquet reference set (one holds a "
             "'.zmetadata' with 'metadata' and 'record_size'): give a JSON reference file "
@@ -199,6 +202,12 @@ def parse_references(refs: Any, base: str | None = None) -> dict[str, Parsed]:
     for key, value in itertools.chain(entries.items(), _expand_gen(gens, templates)):
         validate_key(key)
         out[key] = _parse_entry(key, value, templates, base, urls)
+    if (both := file_and_folder(out)) is not None:
+        below = next(k for k in out if k.startswith(both + "/"))
+        raise InvalidReferenceError(
+            f"Key {both!r} is a file, and also the folder of {below!r}: a key cannot be "
+            "both (fsspec would list only one of them). Rename or remove one of them."
+        )
     return out
 
 

@@ -124,6 +124,29 @@ def is_parquet_references(url: str, storage_options: Mapping[str, Any] | None = 
     return isinstance(doc, dict) and "record_size" in doc and "metadata" in doc
 
 
+def check_reference_folder(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """For a folder that is no parquet reference set but holds a ``.zmetadata``: raise
+    the error that says what is wrong with that file."""
+    fs, root = _fs(url, storage_options)
+    try:
+        data = fs.cat_file(f"{root}/{ZMETADATA}")
+    except (FileNotFoundError, IsADirectoryError):
+        return
+    try:
+        doc = ujson.loads(data)
+    except ValueError as exc:
+        raise InvalidReferenceError(
+            f"{root}/{ZMETADATA} is not valid JSON ({exc}); in a parquet reference set it "
+            "holds 'metadata' and 'record_size'"
+        ) from None
+    if isinstance(doc, dict) and "zarr_consolidated_format" in doc:
+        raise InvalidReferenceError(
+            f"{url!r} is a Zarr store (with consolidated metadata), not a reference set: "
+            "copy it into a dataset with 'snapref ingest'"
+        )
+    _read_zmetadata(fs, root, url)
+
+
 # -- reading -------------------------------------------------------------------------------
 
 
@@ -229,9 +252,10 @@ def _read_zmetadata(fs: Any, root: str, url: str) -> tuple[dict[str, Any], int]:
         record_size = int(doc["record_size"])
         metadata: dict[str, Any] = dict(doc["metadata"])
     except (FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        problem = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
         raise InvalidReferenceError(
             f"{url!r} is not a parquet reference set: it needs a {ZMETADATA} file with "
-            f"'metadata' and 'record_size' ({exc})"
+            f"'metadata' and 'record_size' ({problem})"
         ) from exc
     if record_size <= 0:
         raise InvalidReferenceError(f"{url!r}: record_size must be positive, not {record_size}")
@@ -322,12 +346,19 @@ def _record_rows(
     try:
         data = fs.cat_file(path)
     except FileNotFoundError:
-        return None
+        return None  # fsspec writes no file for a record that holds no chunk
+    except IsADirectoryError:
+        raise InvalidReferenceError(f"{path} is a folder, not a parquet record file") from None
     try:
         # ParquetFile, not read_table: read_table loads pyarrow.dataset and pandas
         table = pq.ParquetFile(pa.BufferReader(data)).read()
     except (pa.ArrowException, OSError) as exc:
         raise InvalidReferenceError(f"{path} is not a readable parquet file ({exc})") from exc
+    if missing := [c for c in ("path", "offset", "size") if c not in table.column_names]:
+        raise InvalidReferenceError(
+            f"{path} lacks the column(s) {', '.join(map(repr, missing))}: a record file of "
+            "a parquet reference set has the columns path, offset, size and raw"
+        )
     start = record * record_size
     stop = min(start + table.num_rows, math.prod(grid))
     if stop <= start:
@@ -342,6 +373,14 @@ def _record_rows(
     coords = np.unravel_index(np.arange(start, stop), grid)
     prefix = f"{array}/" if array else ""
     keys = [prefix + ".".join(map(str, c)) for c in zip(*(a.tolist() for a in coords), strict=True)]
+    for name in ("offset", "size"):
+        negative = np.flatnonzero(table.column(name).slice(0, n).to_numpy(zero_copy_only=False) < 0)
+        if len(negative):
+            i = int(negative[0])
+            raise InvalidReferenceError(
+                f"{path}, row {i} (key {keys[i]!r}): {name} {table.column(name)[i].as_py()} is "
+                "negative; offsets and sizes are byte counts, from 0 to 2^63 - 1"
+            )
     return keys, column("path", None), column("offset", 0), column("size", 0), column("raw", None)
 
 

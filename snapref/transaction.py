@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from snapref.catalog import MAIN_BRANCH, Snapshot
 from snapref.catalog.records import check_text
-from snapref.errors import ConflictError, InvalidInputError, TransactionClosedError
+from snapref.errors import (
+    ConflictError,
+    DisallowedSourceError,
+    InvalidInputError,
+    TransactionClosedError,
+)
 from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
 from snapref.keys import check_metadata, is_metadata_key, same_document, without_consolidated
 from snapref.manifest import (
@@ -107,6 +112,36 @@ def check_message(dataset: str, message: str) -> None:
             f"(-m TEXT, message= in Python), not {message!r}"
         )
     check_text("message", message)
+
+
+def check_provenance(
+    dataset: str,
+    message: str,
+    author: str | None = None,
+    properties: Mapping[str, Any] | None = None,
+    description: str = "",
+) -> None:
+    """Refuse what a version could not record: run before any work, so that a mistake
+    here costs no staged edits."""
+    check_message(dataset, message)
+    for what, text in (("author", author), ("description", description)):
+        if text is not None and not isinstance(text, str):
+            raise InvalidInputError(f"The {what} must be text, not {text!r}")
+    if properties is not None and not isinstance(properties, Mapping):
+        raise InvalidInputError(
+            f"Properties must be a mapping of names to JSON values, not {properties!r}"
+        )
+    if properties and not all(isinstance(k, str) for k in properties):
+        raise InvalidInputError(
+            f"Property names must be text, not {[k for k in properties if not isinstance(k, str)]!r}"
+        )
+    for what, text in (
+        ("author", author),
+        ("properties", properties),
+        ("description", description),
+    ):
+        if text:
+            check_text(what, text)
 
 
 #: the longest dataset, branch or tag name, in UTF-8 bytes: a file name's limit, and
@@ -242,14 +277,7 @@ def commit_changes(
     """
     from snapref import __version__
 
-    check_message(dataset, message)
-    for what, text in (
-        ("author", author),
-        ("properties", properties),
-        ("description", description),
-    ):
-        if text:
-            check_text(what, text)
+    check_provenance(dataset, message, author, properties, description)
     changeset = changeset.without_noops(base)
     if parent is not None and not (changeset.changes or changeset.sections or merged_parents):
         # nothing to record, if the branch exists (not a tag) and, for a reference
@@ -372,7 +400,7 @@ class Transaction:
         self.rebase = rebase
         self.dataset = dataset
         self.branch = branch
-        check_message(dataset, message)  # now, not after the work
+        check_provenance(dataset, message, author, properties)  # now, not after the work
         self.message = message
         self.author = author
         self.properties = dict(properties or {})
@@ -440,9 +468,20 @@ class Transaction:
             changed a key this transaction changed too — a
             :class:`~snapref.errors.MergeConflictError` naming the keys). Nothing is
             recorded and the transaction is closed.
+        InvalidInputError, DisallowedSourceError
+            If a staged value cannot be recorded (a metadata document that is not
+            JSON, a reference outside the allowed sources, ...). Nothing is recorded,
+            and the transaction stays open: fix the value and commit again.
         """
         self._check_open()
         self._close()
+        try:
+            return self._commit()
+        except (InvalidInputError, DisallowedSourceError):
+            self._reopen()
+            raise
+
+    def _commit(self) -> Snapshot | None:
         changeset = self.changeset()
         parent, base = self.parent, self.base
         # with rebase=True, a writer that keeps losing the race to others backs off
@@ -487,6 +526,12 @@ class Transaction:
         self._check_open()
         self._close()
         self.staged.discard_all()
+
+    def _reopen(self) -> None:
+        """Take writes again after a commit refused the staged state."""
+        self._closed = False
+        self.fs.close_for_writes(None)
+        self._afs.close_for_writes(None)
 
     def _close(self) -> None:
         self._closed = True

@@ -56,6 +56,11 @@ def _count(repo: snapref.Repository, table: str) -> int:
         ({"version": 1, "refs": {"x/0": [1, 2]}}, snapref.InvalidReferenceError, "x/0"),
         ({"version": 3, "refs": {}}, snapref.InvalidReferenceError, "version 3"),
         ({"version": 1, "refs": {"x/0": "base64:%%%"}}, snapref.InvalidReferenceError, "base64"),
+        (
+            {"version": 1, "refs": {"x": "a", "x/y": "b"}},
+            snapref.InvalidReferenceError,
+            r"'x' is a file, and also the folder of 'x/y'",
+        ),
     ],
 )
 def test_bad_references_are_refused_and_nothing_is_recorded(

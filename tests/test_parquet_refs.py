@@ -319,3 +319,45 @@ def test_bulk_sections_must_come_in_chunk_order(repo: snapref.Repository) -> Non
     writer.add(chunk_table(["v/1.0"], [None], ["file:///x"], [0], [1]))
     with pytest.raises(snapref.InvalidReferenceError, match="not in chunk-grid order"):
         writer.add(chunk_table(["v/0.5"], [None], ["file:///x"], [0], [1]))
+
+
+def test_damaged_parquet_sets_are_named_not_half_imported(
+    repo: snapref.Repository, kerchunk_refs: dict[str, Any], tmp_path: Path
+) -> None:
+    """A record file with a negative offset, without the reference columns, or that is
+    a folder, and a .zmetadata that is no JSON: each is an error naming the file (a
+    negative offset was recorded, and the version could not be read)."""
+    import shutil
+
+    good = tmp_path / "good.parq"
+    refs_to_dataframe(kerchunk_refs, str(good), record_size=10)
+    record = good / "temp" / "refs.0.parq"
+
+    def damaged(name: str) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(good, copy)
+        return copy
+
+    negative = damaged("negative")
+    table = pq.read_table(record)
+    offsets = table.column("offset").to_pylist()
+    offsets[3] = -5
+    table = table.set_column(table.column_names.index("offset"), "offset", pa.array(offsets))
+    pq.write_table(table, negative / "temp" / "refs.0.parq")
+    no_columns = damaged("no-columns")
+    pq.write_table(pa.table({"a": [1, 2]}), no_columns / "temp" / "refs.0.parq")
+    folder = damaged("folder")
+    (folder / "temp" / "refs.0.parq").unlink()
+    (folder / "temp" / "refs.0.parq").mkdir()
+    bad_json = damaged("bad-json")
+    (bad_json / ".zmetadata").write_text('{"record_size": 10,')
+    for path, match in (
+        (negative, r"refs\.0\.parq, row 3 \(key 'temp/0\.1\.0'\): offset -5 is negative"),
+        (no_columns, r"refs\.0\.parq lacks the column\(s\) 'path', 'offset', 'size'"),
+        (folder, r"refs\.0\.parq is a folder, not a parquet record file"),
+        (bad_json, r"\.zmetadata is not valid JSON"),
+    ):
+        with pytest.raises(snapref.InvalidReferenceError, match=match):
+            repo.import_references("air", str(path), message="damaged")
+        assert repo.datasets() == []
+    assert repo.import_references("air", str(good), message="whole").version == 1

@@ -332,6 +332,13 @@ def test_a_key_is_never_a_file_and_a_folder(empty_repo: snapref.Repository) -> N
         tx.fs.pipe_file("arr/f", b"f")
         with pytest.raises(snapref.InvalidKeyError, match="'arr/f' is a file"):
             tx.fs.pipe_file("arr/f/g", b"g")
+    # inside an array's folder, a key below a chunk (which is no chunk key) too
+    with empty_repo.transaction("ds", message="below a chunk") as tx:
+        zarr.create_array(tx.store, name="b", shape=(4,), chunks=(2,), dtype="i4")[:] = 1
+    tx = empty_repo.transaction("ds", message="below a chunk")
+    with pytest.raises(snapref.InvalidKeyError, match=r"'b/c/0' is a file"):
+        tx.fs.pipe_file("b/c/0/extra", b"x")
+    tx.fs.pipe_file("b/c/1", b"\0" * 8)  # chunks stay zarr's: no lookups of their parents
 
 
 def test_rm_file_of_a_missing_key_or_a_folder_says_so(empty_repo: snapref.Repository) -> None:

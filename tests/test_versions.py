@@ -381,6 +381,43 @@ def test_properties_that_are_not_standard_json_are_refused(air: snapref.Reposito
     assert record.properties == {"k": None, "n": 1.5, "url": "s3://b/x"}
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"author": ["Ada"]}, "author must be text"),
+        ({"properties": "ticket=1"}, "Properties must be a mapping"),
+        ({"properties": {1: "a"}}, "Property names must be text"),
+        ({"properties": {"k": float("nan")}}, "properties .* cannot be recorded"),
+    ],
+)
+def test_provenance_a_version_cannot_record_is_refused_before_any_edit(
+    air: snapref.Repository, kwargs: dict[str, Any], match: str
+) -> None:
+    # these were found at commit, after the transaction had closed: every staged edit
+    # was lost (and a list as author was a bare SQLAlchemy error)
+    with pytest.raises(snapref.InvalidInputError, match=match):
+        air.transaction("air", message="ok", **kwargs)
+    assert air.head("air").version == 1
+
+
+def test_a_commit_refused_for_a_staged_value_keeps_the_edits(air: snapref.Repository) -> None:
+    """A metadata document that is not JSON is found at commit; the transaction stays
+    open, so the user fixes the document and commits the same edits."""
+    with pytest.raises(snapref.InvalidReferenceError, match=r"'temp/\.zattrs' does not hold JSON"):
+        with air.transaction("air", message="fix and annotate") as tx:
+            zarr.open_group(tx.store, mode="r+")["temp"][0, 0, 0] = -1.0
+            tx.fs.pipe_file("temp/.zattrs", b'{"units": "K",}')  # a trailing comma
+    assert air.head("air").version == 1
+    tx.fs.pipe_file("temp/.zattrs", b'{"units": "K"}')
+    snap = tx.commit()
+    assert snap is not None and snap.version == 2
+    assert snap.summary["chunks_modified"] == 1 and snap.summary["metadata_changed"] == 1
+    temp = snapref.open(air, "air")["temp"]
+    assert temp[0, 0, 0] == -1.0 and temp.attrs["units"] == "K"
+    with pytest.raises(snapref.TransactionClosedError):
+        tx.commit()  # committed now: closed for good
+
+
 def test_a_committed_checkout_records_exactly_its_edits(air: snapref.Repository, tmp_path) -> None:
     _edit(air, 7.0)  # temp/0.0.0 becomes a warehouse object
     with air.transaction("air", message="another object") as tx:
