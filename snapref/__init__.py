@@ -31,6 +31,7 @@ from snapref.errors import (
     ReadOnlyError,
     RepositoryNotFoundError,
     SnapRefError,
+    SourceUnavailableError,
     TransactionClosedError,
     VersionNotFoundError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "RepositoryNotFoundError",
     "SnapRefError",
     "Snapshot",
+    "SourceUnavailableError",
     "Transaction",
     "TransactionClosedError",
     "VersionNotFoundError",

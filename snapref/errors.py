@@ -24,6 +24,7 @@ __all__ = [
     "ReadOnlyError",
     "RepositoryNotFoundError",
     "SnapRefError",
+    "SourceUnavailableError",
     "TransactionClosedError",
     "VersionNotFoundError",
 ]
@@ -87,6 +88,12 @@ class InvalidReferenceError(InvalidInputError):
 
 class DisallowedSourceError(SnapRefError):
     """A reference points at a location the repository does not allow."""
+
+
+class SourceUnavailableError(SnapRefError):
+    """The file a virtual reference points into cannot be read: it was moved or
+    deleted, its server cannot be reached, or access is denied. (Never read as the
+    fill value, as a key that does not exist would be.)"""
 
 
 class ReadOnlyError(SnapRefError, PermissionError):

@@ -18,7 +18,7 @@ from typing import Any
 
 import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
-from fsspec.implementations.reference import ReferenceFileSystem
+from fsspec.implementations.reference import ReferenceFileSystem, ReferenceNotReachable
 from fsspec.utils import get_protocol
 from zarr.core.buffer import Buffer
 from zarr.storage import FsspecStore
@@ -28,6 +28,7 @@ from snapref.errors import (
     InvalidInputError,
     InvalidKeyError,
     ReadOnlyError,
+    SourceUnavailableError,
     TransactionClosedError,
 )
 from snapref.keys import array_path_of, chunk_index, is_metadata_key, validate_key
@@ -469,7 +470,10 @@ class SnapshotFileSystem(ReferenceFileSystem):
             return value[start:end]
         if isinstance(value, list):
             self._policy.check(path, value[0])
-        return await super()._cat_file(path, start=start, end=end, **kwargs)
+        try:
+            return await super()._cat_file(path, start=start, end=end, **kwargs)
+        except ReferenceNotReachable as exc:
+            raise _unreachable(exc) from exc
 
     def cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
@@ -506,8 +510,18 @@ class SnapshotFileSystem(ReferenceFileSystem):
             else:
                 out[p] = value
         if virtual:
-            got = super().cat(virtual, on_error=on_error, **kwargs)
-            out.update(got if isinstance(got, dict) else {virtual[0]: got})
+            try:
+                got = super().cat(virtual, on_error=on_error, **kwargs)
+            except ReferenceNotReachable as exc:
+                raise _unreachable(exc) from exc
+            if not isinstance(got, dict):
+                got = {virtual[0]: got}
+            for value in got.values():
+                if isinstance(value, ReferenceNotReachable):
+                    # raised whatever on_error says, as for a lost object: returned or
+                    # omitted, a mapping reads it as a key never written (fill values)
+                    raise _unreachable(value)
+            out.update(got)
         return out
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
@@ -823,3 +837,17 @@ def _source_filesystems(
             fss[proto] = wrapped_fs(cls(**opts), asynchronous)
     fss[None] = fss["file"]
     return fss
+
+
+def _unreachable(exc: ReferenceNotReachable) -> SourceUnavailableError:
+    """fsspec's failure to read a virtual reference, said with the key, the source
+    and what to do."""
+    target = exc.target[0] if isinstance(exc.target, list) else exc.target
+    cause = exc.__cause__ or exc.__context__
+    why = f"{type(cause).__name__}: {cause}" if cause is not None else "it cannot be read"
+    return SourceUnavailableError(
+        f"Cannot read key {exc.reference!r} from its source {target} ({why}). The file "
+        "was moved or deleted, or its server cannot be reached: restore the file, check "
+        "the connection and credentials (storage options), or commit references to its "
+        "new place."
+    )

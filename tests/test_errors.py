@@ -181,6 +181,33 @@ def test_damaged_object_is_an_integrity_error(air: snapref.Repository) -> None:
     assert snapref.open(air, "air", version=1)["temp"][0, 0, 0] > 0
 
 
+def test_a_source_that_moved_is_a_named_error_never_fill_values(
+    air: snapref.Repository, hdf5_file: Path
+) -> None:
+    # fsspec's ReferenceNotReachable (a RuntimeError naming neither the cause nor a
+    # fix) was what a reader got for the commonest failure of kerchunk data
+    hdf5_file.rename(hdf5_file.with_suffix(".moved"))
+    match = (
+        rf"Cannot read key 'temp/0\.0\.0' from its source file://{hdf5_file} "
+        r"\(FileNotFoundError: .*\)\. The file was moved or deleted.*new place"
+    )
+    with pytest.raises(snapref.SourceUnavailableError, match=match):
+        snapref.open(air, "air")["temp"][0, 0, 0]
+    with pytest.raises(snapref.SourceUnavailableError, match="moved or deleted"):
+        snapref.open_dataset(air, "air")["temp"].load()
+    fs = air.filesystem("air")
+    with pytest.raises(snapref.SourceUnavailableError, match=match):
+        fs.cat_file("temp/0.0.0")
+    with pytest.raises(snapref.SourceUnavailableError, match=match):
+        fs.cat(["temp/0.0.0", "temp/0.0.1"])
+    with pytest.raises(snapref.SourceUnavailableError, match=match):
+        fs.cat(["temp/0.0.0", "temp/0.0.1"], on_error="return")
+    with pytest.raises(snapref.SourceUnavailableError):  # not omitted as missing keys
+        fsspec.filesystem("snapref", repo=air, dataset="air").get_mapper("").getitems(
+            ["temp/0.0.0", "temp/0.0.1"], on_error="omit"
+        )
+
+
 def test_a_lost_object_is_an_error_never_fill_values(air: snapref.Repository) -> None:
     # zarr reads a key that is not there as a chunk never written (fill values): a
     # lost warehouse file must not look like that, or a later edit would commit it
