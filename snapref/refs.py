@@ -99,15 +99,20 @@ def normalize_url(url: str, base: str | None = None) -> str:
     """A comparable form of a reference URL: local paths become ``file://`` URLs,
     without ``.`` or ``..`` segments.
 
-    Relative local paths are resolved against ``base`` (the folder of the reference
-    file); without one they are an error, since they would mean different files from
-    different working directories.
+    Relative local paths (also ``file:x``) are resolved against ``base`` (the folder
+    of the reference file); without one they are an error, since they would mean
+    different files from different working directories. ``~`` is the home folder, as
+    fsspec reads it.
     """
-    if url.startswith("file:"):
+    if url.startswith("file:/"):
         # file:/x, file:///x/../y -> file:///y: a local path means one file
         return "file://" + posixpath.normpath("/" + url[5:].lstrip("/"))
+    if url.startswith("file:"):
+        url = url[5:]  # file:x is the relative path x
     if "://" in url or url.startswith("memory:"):
         return url
+    if url.startswith("~"):
+        url = os.path.expanduser(url)  # the home folder, as fsspec reads it
     if not posixpath.isabs(url):
         if base is None:
             raise InvalidReferenceError(

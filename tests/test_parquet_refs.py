@@ -361,3 +361,39 @@ def test_damaged_parquet_sets_are_named_not_half_imported(
             repo.import_references("air", str(path), message="damaged")
         assert repo.datasets() == []
     assert repo.import_references("air", str(good), message="whole").version == 1
+
+
+@pytest.mark.parametrize("record_size", [2, 10_000])
+def test_keys_zarr_never_reads_stay_out_of_the_parquet_layout(
+    repo: snapref.Repository, tmp_path: Path, record_size: int
+) -> None:
+    """Chunk keys outside the grid (left when a shape is cut shorter by editing the
+    .zarray) or spelt otherwise ('0/1', '00.0') are read by nobody; the parquet export
+    put them into the rows of other chunks (wrong data) or refused the version."""
+    zarray = {
+        "zarr_format": 2,
+        "shape": [4, 12],
+        "chunks": [2, 2],
+        "dtype": "<i4",
+        "compressor": None,
+        "fill_value": -1,
+        "order": "C",
+        "filters": None,
+    }
+
+    def chunk(value: int) -> str:
+        return "base64:" + base64.b64encode(np.full((2, 2), value, "<i4").tobytes()).decode()
+
+    refs = {".zgroup": '{"zarr_format": 2}', "x/.zarray": json.dumps(zarray)}
+    refs |= {f"x/0.{j}": chunk(j) for j in range(6)}  # row 1 of the grid never written
+    refs |= {"x/1.0": chunk(100), "x/0/1": chunk(7), "x/00.0": chunk(8)}
+    repo.import_references("d", {"version": 1, "refs": refs}, message="sparse")
+    with repo.transaction("d", message="keep 6 columns") as tx:
+        tx.fs.pipe_file("x/.zarray", json.dumps({**zarray, "shape": [4, 6]}).encode())
+    expected = snapref.open(repo, "d")["x"][:]
+    assert expected[0, 0] == 0 and expected[0, 2] == 1 and expected[2, 0] == 100
+    assert (expected[2:, 2:] == -1).all()
+    out = tmp_path / "v.parq"
+    repo.checkout("d", None, str(out), format="parquet", record_size=record_size)
+    _, g = _fsspec_group(out)
+    np.testing.assert_array_equal(g["x"][:], expected)

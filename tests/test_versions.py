@@ -281,6 +281,21 @@ def test_relative_paths_in_a_reference_dict_mean_the_working_directory(
     np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], temp_values())
 
 
+def test_home_and_file_relative_urls_mean_what_fsspec_reads(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # '~/x' was taken as a path relative to the reference file's folder
+    from fsspec.implementations.local import LocalFileSystem
+
+    from snapref.refs import normalize_url
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert normalize_url("~/data/a.h5", "/refs") == f"file://{tmp_path}/data/a.h5"
+    assert LocalFileSystem._strip_protocol("~/data/a.h5") == f"{tmp_path}/data/a.h5"
+    assert normalize_url("file:a.h5", "/refs") == "file:///refs/a.h5"  # not /a.h5
+    assert normalize_url("file:///x/../y") == "file:///y"
+
+
 @pytest.mark.parametrize("where", ["local", "memory"])
 def test_the_same_bytes_are_stored_once_on_any_warehouse(where: str, tmp_path: Any) -> None:
     """Invariant 1 on a local folder (a stat) and on a filesystem that cannot write
