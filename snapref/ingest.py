@@ -31,6 +31,7 @@ from snapref.errors import InvalidInputError, NotFoundError
 from snapref.keys import is_metadata_key, validate_key
 from snapref.manifest import InlineRef, Manifest, ObjectRef
 from snapref.objects import content_hash
+from snapref.refs import check_protocol
 from snapref.transaction import ChangeSet, check_new_dataset, commit_changes
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ def ingest(
     exists = name in repo.datasets()
     if not exists:
         check_new_dataset(name, branch)  # before listing or copying anything
+    check_protocol(source, "Zarr store")
     fs, root = fsspec.core.url_to_fs(source, **dict(storage_options or {}))
     root = root.rstrip("/")
     keys = _list_store(fs, root, source)

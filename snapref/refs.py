@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import itertools
+import math
 import os
 import posixpath
 import sys
@@ -26,6 +27,7 @@ from snapref.keys import file_and_folder, validate_key
 from snapref.manifest import VirtualRef
 
 __all__ = [
+    "check_protocol",
     "decode_inline",
     "encode_inline",
     "load_reference_file",
@@ -38,6 +40,22 @@ __all__ = [
 Parsed = bytes | VirtualRef
 
 
+def check_protocol(url: str, what: str) -> None:
+    """Refuse ``url`` if fsspec has no filesystem for its protocol (each protocol of a
+    chained URL); ``what`` names the URL in the message. A protocol fsspec knows but
+    whose package is not installed passes: fsspec's ImportError says what to install."""
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidInputError(f"Give the {what} (a path or an fsspec URL), not {url!r}")
+    known = set(fsspec.available_protocols())
+    for part in url.split("::"):
+        protocol = fsspec.core.split_protocol(part)[0]
+        if protocol is not None and protocol not in known:
+            raise InvalidInputError(
+                f"No fsspec filesystem reads {protocol}:// URLs, as the {what} {url!r} is: "
+                "check the URL, or install the package that provides that protocol"
+            )
+
+
 def load_reference_file(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     """Read a kerchunk JSON reference file from any fsspec URL.
 
@@ -46,6 +64,8 @@ def load_reference_file(url: str, storage_options: Mapping[str, Any] | None = No
     InvalidReferenceError
         If the file is missing or is not JSON.
     """
+    if url != "-":
+        check_protocol(url, "reference file")
     try:
         if url == "-":
             data = sys.stdin.buffer.read()
@@ -56,7 +76,9 @@ def load_reference_file(url: str, storage_options: Mapping[str, Any] | None = No
             with fsspec.open(url, "rb", **dict(storage_options or {})) as f:
                 data = f.read()
     except FileNotFoundError as exc:
-        raise InvalidReferenceError(f"Reference file {url!r} does not exist") from exc
+        # fsspec's HTTP filesystem says FileNotFoundError for a server it cannot reach
+        maybe = " or cannot be reached" if url.startswith(("http://", "https://")) else ""
+        raise InvalidReferenceError(f"Reference file {url!r} does not exist{maybe}") from exc
     except IsADirectoryError as exc:
         from snapref.refs_parquet import check_reference_folder
 
@@ -152,6 +174,7 @@ def allowed_prefix(prefix: str) -> str:
             "'/' (e.g. s3://bucket/data/ or /data/climate/); an empty or bare prefix "
             "would allow every location"
         )
+    check_protocol(url, "allowed source")
     return url
 
 
@@ -285,8 +308,15 @@ def _render(text: str, variables: Mapping[str, Any], where: str) -> str:
         ) from None
 
 
-def _expand_gen(gens: Iterable[Any], templates: Mapping[str, str]) -> Iterable[tuple[str, Any]]:
+#: The most keys one ``gen`` entry may make: each takes memory (~400 bytes) while an
+#: import holds the whole reference set.
+MAX_GEN_KEYS = 10**8
+
+
+def _expand_gen(gens: Any, templates: Mapping[str, str]) -> Iterable[tuple[str, Any]]:
     """Entries of the ``gen`` section: one per point of each generator's dimensions."""
+    if not isinstance(gens, list):
+        raise InvalidReferenceError(f"'gen' must be a list of generator objects, not {gens!r}")
     for gen in gens:
         try:
             specs = gen["dimensions"].items()
@@ -296,6 +326,13 @@ def _expand_gen(gens: Iterable[Any], templates: Mapping[str, str]) -> Iterable[t
                 f"Malformed 'gen' entry {gen!r}: needs 'key', 'url' and 'dimensions'"
             ) from None
         dims = {name: _gen_values(gen, name, spec) for name, spec in specs}
+        count = math.prod(len(v) for v in dims.values())
+        if count > MAX_GEN_KEYS:
+            raise InvalidReferenceError(
+                f"The 'gen' entry for keys {gen['key']!r} makes {count:,} keys, more than "
+                f"snapref imports from one reference set ({MAX_GEN_KEYS:,}); check its "
+                "dimensions"
+            )
         if ("offset" in gen) != ("length" in gen):
             raise InvalidReferenceError(
                 f"Malformed 'gen' entry {gen!r}: give both 'offset' and 'length', or neither"

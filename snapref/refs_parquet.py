@@ -45,7 +45,7 @@ from snapref.manifest import (
     chunk_table,
 )
 from snapref.objects import content_hash
-from snapref.refs import Parsed, normalize_url
+from snapref.refs import Parsed, check_protocol, normalize_url
 
 if TYPE_CHECKING:
     from snapref.catalog import Snapshot
@@ -105,6 +105,7 @@ _SCHEMA = pa.schema(
 
 
 def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    check_protocol(url, "parquet reference set")
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     return fs, path.rstrip("/")
 

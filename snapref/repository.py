@@ -53,6 +53,7 @@ from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
 from snapref.objects import Warehouse
 from snapref.refs import (
     allowed_prefix,
+    check_protocol,
     encode_inline,
     load_reference_file,
     normalize_url,
@@ -378,6 +379,8 @@ class Repository:
                     else:
                         changeset.put_bytes(key, value)
                 sources = {source_prefix(url) for url in urls}
+                for prefix in sorted(sources):
+                    check_protocol(prefix, "source of references")
             snap = commit_changes(
                 self,
                 name,
@@ -652,7 +655,14 @@ class Repository:
         repository's own storage (its warehouse, an embedded catalog file)."""
         import fsspec
 
+        check_protocol(path, "output path")
         fs, where = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+        if {"http", "https"} & set(protocols):
+            raise InvalidInputError(
+                f"Cannot {doing} {path!r}: fsspec reads HTTP URLs but cannot write them. "
+                "Give a local path or a writable URL (s3://, gs://, ...)."
+            )
         where = where.rstrip("/")
         target = fs.unstrip_protocol(where)
         catalog = self.db.engine.url
@@ -1004,6 +1014,13 @@ def connect(
             ) from None
         except IsADirectoryError:
             raw = b"(a folder)"
+        except OSError as exc:
+            if isinstance(exc, PermissionError) or not _connection_failed(exc):
+                raise
+            raise RepositoryNotFoundError(
+                f"Cannot reach the repository at {warehouse.url} ({type(exc).__name__}: "
+                f"{exc}). Check the URL, the endpoint (endpoint_url) and the network."
+            ) from exc
     config = _config(warehouse, raw)
     override = catalog or os.environ.get("SNAPREF_CATALOG")
     lookups = _open_catalog(override or _catalog_url(warehouse, config["catalog"]))
@@ -1017,6 +1034,14 @@ def connect(
                 "repository's catalog with --catalog, or unset SNAPREF_CATALOG."
             )
     return Repository(warehouse, lookups, source_options)
+
+
+def _connection_failed(exc: OSError) -> bool:
+    """Whether ``exc`` says a server could not be reached (refused, timed out, no
+    route), from Python's sockets or from aiohttp (fsspec's HTTP)."""
+    return isinstance(exc, ConnectionError | TimeoutError) or type(exc).__module__.startswith(
+        "aiohttp"
+    )
 
 
 def _config(warehouse: Warehouse, raw: bytes) -> dict[str, Any]:
@@ -1107,6 +1132,7 @@ def _storage_options_checked(url: str, storage_options: Mapping[str, Any] | None
     """Around the first use of a warehouse: an option the filesystem does not take
     (``endpoint=``) or a malformed value (``endpoint_url=HOST:PORT``) surfaces there as
     a TypeError or ValueError from deep inside the filesystem's client."""
+    check_protocol(url, "repository URL")
     try:
         yield
     except (TypeError, ValueError) as exc:

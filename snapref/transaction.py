@@ -135,13 +135,14 @@ def check_provenance(
         raise InvalidInputError(
             f"Property names must be text, not {[k for k in properties if not isinstance(k, str)]!r}"
         )
-    for what, text in (
+    recorded: tuple[tuple[str, Any], ...] = (
         ("author", author),
         ("properties", properties),
         ("description", description),
-    ):
-        if text:
-            check_text(what, text)
+    )
+    for what, value in recorded:
+        if value:
+            check_text(what, value)
 
 
 #: the longest dataset, branch or tag name, in UTF-8 bytes: a file name's limit, and
@@ -150,6 +151,8 @@ MAX_NAME_BYTES = 255
 
 
 def check_name(name: str, what: str = "ref") -> None:
+    if not isinstance(name, str):
+        raise InvalidInputError(f"A {what} name must be text, not {name!r}")
     # URLs (snapref://NAME@REF), shells and Intake's templates ({{ }}) all take these
     bad = (
         not name

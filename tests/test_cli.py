@@ -276,3 +276,20 @@ def test_long_imports_and_checkouts_show_progress_on_a_terminal(
     # a few keys draw no bar at all
     (tmp_path / "small.json").write_text(json.dumps(_virtual_dataset(tmp_path, 3)))
     assert run("import", "small", "small.json").stderr == ""
+
+
+def test_audited_mistakes_are_one_line_errors(
+    run: Any, tmp_path: Path, kerchunk_refs: dict[str, Any]
+) -> None:
+    # each of these printed a Python traceback
+    (tmp_path / "air.json").write_text(json.dumps(kerchunk_refs))
+    (tmp_path / "gen5.json").write_text('{"version": 1, "gen": 5, "refs": {}}')
+    run("init")
+    run("import", "air", "air.json", "-m", "Adopt")
+    for args, message in (
+        (("import", "g", "gen5.json", "-m", "m"), "'gen' must be a list"),
+        (("checkout", "air", "-o", "http://127.0.0.1:1/w.json"), "cannot write them"),
+    ):
+        result = run(*args, code=1)
+        assert result.stderr.startswith("Error: ") and message in result.stderr
+        assert "Traceback" not in result.stderr

@@ -592,3 +592,76 @@ def test_unusable_arguments_are_refused_by_name(air: snapref.Repository, run: An
         assert "is not valid Unicode text" in result.stderr, args
     assert [r.name for r in air.db.refs("air")] == ["main", "t" * 255]
     assert air.db.get_setting("allowed_sources", []) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda r, p: snapref.init(""), snapref.InvalidInputError, "Give the repository URL"),
+        (lambda r, p: snapref.connect("foo://b/wh"), snapref.InvalidInputError, "foo://"),
+        (
+            lambda r, p: snapref.connect("http://127.0.0.1:1/wh"),
+            snapref.RepositoryNotFoundError,
+            r"Cannot reach the repository at http://127\.0\.0\.1:1/wh",
+        ),
+        (
+            lambda r, p: r.import_references("x", "foo://b/refs.json"),
+            snapref.InvalidInputError,
+            r"No fsspec filesystem reads foo:// URLs, as the reference file",
+        ),
+        (
+            lambda r, p: r.import_references(
+                "x", {"version": 1, "refs": {".zgroup": "{}", "a": ["foo://b/a.bin", 0, 4]}}
+            ),
+            snapref.InvalidInputError,
+            "as the source of references 'foo://b/'",
+        ),
+        (
+            lambda r, p: r.transaction("air", message="m", allow_sources=["foo://b/"]),
+            snapref.InvalidInputError,
+            "as the allowed source",
+        ),
+        (
+            lambda r, p: r.checkout("air", 1, "foo://b/w.json"),
+            snapref.InvalidInputError,
+            "as the output path",
+        ),
+        (
+            lambda r, p: r.checkout("air", 1, "http://127.0.0.1:1/w.json"),
+            snapref.InvalidInputError,
+            "cannot write them",
+        ),
+        (
+            lambda r, p: r.import_references("x", "http://127.0.0.1:1/refs.json"),
+            snapref.InvalidReferenceError,
+            "does not exist or cannot be reached",
+        ),
+        (
+            lambda r, p: r.import_references("x", {"version": 1, "refs": {}, "gen": 5}),
+            snapref.InvalidReferenceError,
+            "'gen' must be a list",
+        ),
+        (
+            lambda r, p: r.import_references(
+                "x",
+                {
+                    "version": 1,
+                    "refs": {},
+                    "gen": [{"key": "a/{{i}}", "url": "/d", "dimensions": {"i": {"stop": 10**12}}}],
+                },
+            ),
+            snapref.InvalidReferenceError,
+            "makes 1,000,000,000,000 keys",
+        ),
+        (lambda r, p: r.tag("air", 1, 2024), snapref.InvalidInputError, "name must be text"),
+    ],
+)
+def test_mistakes_found_by_an_audit_are_named_errors(
+    air: snapref.Repository, tmp_path: Path, call: Any, error: type, match: str
+) -> None:
+    """Each of these was a bare ValueError, TypeError, MemoryError, AttributeError,
+    NotImplementedError or aiohttp error (a traceback on the command line), or
+    silently made the working directory a repository (init(""))."""
+    with pytest.raises(error, match=match):
+        call(air, tmp_path)
+    assert air.datasets() == ["air"] and air.head("air").version == 1

@@ -142,12 +142,6 @@ def _storage_error(exc: Exception) -> str | None:
         isinstance(exc, OSError) and type(exc).__module__.startswith("aiohttp")
     ):
         return f"Cannot reach the storage: {exc}. Check the URL and endpoint_url."
-    if isinstance(exc, ValueError) and str(exc).startswith("Protocol not known"):
-        # fsspec's word for a URL scheme it has no filesystem for
-        return (
-            f"{exc}: no fsspec filesystem reads such URLs. Check the URL, or install the "
-            "package that provides that protocol."
-        )
     return None
 
 
