@@ -65,6 +65,8 @@ class Inspector:
         self.repo = repo
 
     def _snaps(self, dataset: str | None = None) -> list[Any]:
+        if dataset is not None:
+            self.repo.db.dataset(dataset)  # DatasetNotFoundError, naming those there are
         names = [dataset] if dataset is not None else self.repo.datasets()
         out = []
         for name in names:

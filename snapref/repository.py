@@ -194,6 +194,9 @@ class Repository:
         DatasetNotFoundError, VersionNotFoundError, InvalidInputError
         """
         self._reads.dataset(name)
+        if (branch is not None and version is not None) or as_of is not None:
+            # a branch that does not exist (a typo, a tag) is said, never ignored
+            self._reads.branch(name, branch or MAIN_BRANCH)
         if as_of is not None:
             if version is not None:
                 raise InvalidInputError("Give either a version or as_of, not both")

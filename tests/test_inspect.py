@@ -346,3 +346,10 @@ def test_cli_query_prints_every_type(cli: Any) -> None:
         "2024-01-01T08:00:00.000000Z",
     ]
     assert "'datetime" not in lines[2] and "b'" not in lines[2]
+
+
+def test_a_misspelt_dataset_is_not_an_empty_table(two: snapref.Repository) -> None:
+    # snapshots/changes/manifests of 'ari' were empty tables, as if it had no versions
+    for table in ("snapshots", "changes", "manifests"):
+        with pytest.raises(snapref.DatasetNotFoundError, match="No dataset 'ari'"):
+            getattr(two.inspect, table)("ari")

@@ -469,3 +469,12 @@ def test_a_committed_checkout_records_exactly_its_edits(air: snapref.Repository,
     np.testing.assert_array_equal(temp[:], expected)
     # the file now matches the new version: committing it again records nothing
     assert air.commit_references("air", str(path), message="again") is None
+
+
+def test_a_misspelt_branch_is_said_with_a_version_or_a_time(air: snapref.Repository) -> None:
+    # resolve("air", 1, branch="mian") ignored the branch; with as_of it said "no
+    # version on branch 'mian'" instead of that there is no such branch
+    for kwargs in ({"version": 1}, {"as_of": "2100-01-01"}):
+        with pytest.raises(snapref.VersionNotFoundError, match=r"no branch 'mian' \(branches"):
+            air.resolve("air", branch="mian", **kwargs)
+    assert air.resolve("air", 1, branch="main").version == 1
