@@ -118,6 +118,14 @@ class Warehouse:
         return ContentStore(self, "manifests", ".json")
 
 
+def connection_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` says a server could not be reached (refused, timed out, no
+    route), from Python's sockets or from aiohttp (fsspec's HTTP, s3fs)."""
+    return isinstance(exc, ConnectionError | TimeoutError) or (
+        isinstance(exc, OSError) and type(exc).__module__.startswith("aiohttp")
+    )
+
+
 def new_async_fs(cls: type, options: Mapping[str, Any]) -> AsyncFileSystem:
     """A new asynchronous instance of an async fsspec filesystem class.
 

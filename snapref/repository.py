@@ -50,7 +50,7 @@ from snapref.errors import (
 )
 from snapref.fs import SnapshotFileSystem, SourcePolicy, StagedReferences
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
-from snapref.objects import Warehouse
+from snapref.objects import Warehouse, connection_failed
 from snapref.refs import (
     allowed_prefix,
     check_protocol,
@@ -188,6 +188,9 @@ class Repository:
         as_of
             A time (datetime, or ISO 8601 text; naive means UTC): the version that was
             the head of ``branch`` at that time, from the branch's recorded history.
+        branch
+            Must be a branch of ``name`` when given (or with ``as_of``): a misspelt
+            branch or a tag is a VersionNotFoundError, never ignored.
 
         Raises
         ------
@@ -1018,7 +1021,7 @@ def connect(
         except IsADirectoryError:
             raw = b"(a folder)"
         except OSError as exc:
-            if isinstance(exc, PermissionError) or not _connection_failed(exc):
+            if isinstance(exc, PermissionError) or not connection_failed(exc):
                 raise
             raise RepositoryNotFoundError(
                 f"Cannot reach the repository at {warehouse.url} ({type(exc).__name__}: "
@@ -1037,14 +1040,6 @@ def connect(
                 "repository's catalog with --catalog, or unset SNAPREF_CATALOG."
             )
     return Repository(warehouse, lookups, source_options)
-
-
-def _connection_failed(exc: OSError) -> bool:
-    """Whether ``exc`` says a server could not be reached (refused, timed out, no
-    route), from Python's sockets or from aiohttp (fsspec's HTTP)."""
-    return isinstance(exc, ConnectionError | TimeoutError) or type(exc).__module__.startswith(
-        "aiohttp"
-    )
 
 
 def _config(warehouse: Warehouse, raw: bytes) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from snapref import progress
 from snapref.catalog import Snapshot
 from snapref.catalog.records import format_time, printable
 from snapref.errors import InvalidInputError, SnapRefError
+from snapref.objects import connection_failed
 from snapref.repository import Repository
 
 __all__ = [
@@ -138,9 +139,7 @@ def _storage_error(exc: Exception) -> str | None:
         )
     if boto is not None and isinstance(exc, boto.BotoCoreError | boto.ClientError):
         return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, ConnectionError | TimeoutError) or (
-        isinstance(exc, OSError) and type(exc).__module__.startswith("aiohttp")
-    ):
+    if connection_failed(exc):
         return f"Cannot reach the storage: {exc}. Check the URL and endpoint_url."
     return None
 
