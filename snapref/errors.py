@@ -104,6 +104,11 @@ class TransactionClosedError(SnapRefError):
     """The transaction was committed or discarded already."""
 
 
+class RepositoryClosedError(SnapRefError):
+    """The repository was closed (``close()``, or its ``with`` block ended): it holds
+    no catalog connection any more. Connect again to go on."""
+
+
 class CatalogSchemaError(SnapRefError):
     """The catalog's schema version is not one this snapref can use."""
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -554,12 +555,24 @@ def chunk_key(info: ArrayInfo, index: Sequence[int]) -> tuple[str, tuple[int, ..
             f"indices, not {len(index)}"
         )
     coords = []
-    for i, n, c in zip(index, info.shape, info.chunks, strict=True):
+    for i, n, c in zip(_integers(index), info.shape, info.chunks, strict=True):
         j = i + n if i < 0 else i
         if not 0 <= j < n:
             raise InvalidInputError(f"Index {tuple(index)} is out of bounds for shape {info.shape}")
         coords.append(j // c)
     return info.key(coords), tuple(coords)
+
+
+def _integers(index: Sequence[Any]) -> list[int]:
+    """``index`` as Python ints; any integer type (numpy's too), never a float or bool."""
+    try:
+        if any(isinstance(i, bool) for i in index):
+            raise TypeError
+        return [operator.index(i) for i in index]
+    except TypeError:
+        raise InvalidInputError(
+            f"Invalid index {tuple(index)!r}: give whole numbers, one per dimension"
+        ) from None
 
 
 def blame(

@@ -19,8 +19,8 @@ import subprocess
 import threading
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from snapref.errors import (
     InvalidInputError,
     InvalidReferenceError,
     NotFoundError,
+    RepositoryClosedError,
     RepositoryNotFoundError,
     VersionNotFoundError,
 )
@@ -136,8 +137,14 @@ class Repository:
         return self._reads.url
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
+        """Give back the catalog's connections (on duckdb, the database file's lock).
+        The repository cannot be used afterwards: every call raises
+        RepositoryClosedError. Versions opened before go on reading."""
+        with self._db_lock:
+            db, self._db = self._db, None
+            self._reads = _Closed(self._reads.url, self.warehouse.url)
+        if db is not None:
+            db.close()
 
     def __enter__(self) -> Repository:
         return self
@@ -206,10 +213,7 @@ class Repository:
             when = _parse_when(as_of)
             snap_id = self.db.head_at(name, branch or MAIN_BRANCH, when)
             if snap_id is None:
-                raise VersionNotFoundError(
-                    f"Dataset {name!r} had no version on branch {branch or MAIN_BRANCH!r} "
-                    f"at {when.isoformat()}"
-                )
+                raise VersionNotFoundError(self._none_then(name, branch or MAIN_BRANCH, when))
             return self._reads.snapshot(snap_id)
         if version is None:
             return self.head(name, branch or MAIN_BRANCH)
@@ -238,6 +242,18 @@ class Repository:
                 f"({len(matches)} matches); give more characters"
             )
         raise VersionNotFoundError(self._no_version(name, text))
+
+    def _none_then(self, name: str, branch: str, when: datetime) -> str:
+        first = next(iter(self.db.ref_log(name, branch)), None)
+        since = (
+            f"its first version there is from {first.timestamp.isoformat()}: give that "
+            "time or a later one"
+            if first is not None
+            else "it has no version yet"
+        )
+        return (
+            f"Dataset {name!r} had no version on branch {branch!r} at {when.isoformat()}; {since}"
+        )
 
     def _no_version(self, name: str, version: Any) -> str:
         refs = ", ".join(r.name for r in self.db.refs(name))
@@ -768,6 +784,12 @@ class Repository:
         """Version ``version`` of ``name`` as an xarray Dataset (lazy, read-only)."""
         import xarray as xr
 
+        engine = xr_kwargs.pop("engine", "zarr")
+        if engine != "zarr":
+            raise InvalidInputError(
+                f"A snapref version is Zarr, so xarray's engine is 'zarr', not {engine!r}; "
+                "leave engine out"
+            )
         store = self.store(name, version, as_of=as_of, branch=branch)
         xr_kwargs.setdefault("consolidated", False)
         xr_kwargs.setdefault("chunks", None)
@@ -880,6 +902,26 @@ class Repository:
         return os.environ.get("SNAPREF_AUTHOR") or _git_author() or getpass.getuser()
 
 
+class _Closed(Lookups):
+    """The catalog of a closed Repository: every read says so, and how to go on."""
+
+    def __init__(self, url: str, repository: str) -> None:
+        self.url = url
+        self._repository = repository
+
+    def _error(self) -> RepositoryClosedError:
+        return RepositoryClosedError(
+            f"The repository {self._repository} was closed (close(), or its with block "
+            f"ended). Connect again: snapref.connect({self._repository!r})"
+        )
+
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Sequence[Any]]:
+        raise self._error()
+
+    def full(self) -> Catalog:
+        raise self._error()
+
+
 @contextmanager
 def _bulk() -> Iterator[None]:
     """Python's cyclic garbage collector paused while a reference set of up to millions
@@ -944,6 +986,7 @@ def init(
         exists = warehouse.fs.exists(config_path)
     if exists:
         raise AlreadyExistsError(f"A snapref repository exists at {warehouse.url} already")
+    made_folder = warehouse.is_local and not os.path.exists(warehouse.root)
     if warehouse.is_local:
         try:
             warehouse.fs.makedirs(warehouse.root, exist_ok=True)
@@ -988,6 +1031,9 @@ def init(
         cat.set_setting(REPOSITORY_ID, config["id"])
     except BaseException:
         warehouse.fs.rm_file(config_path)
+        if made_folder:  # leave the disk as it was; a folder now holding more stays
+            with suppress(OSError):
+                os.rmdir(warehouse.root)
         raise
     return Repository(warehouse, cat)
 

@@ -654,6 +654,22 @@ def test_unusable_arguments_are_refused_by_name(air: snapref.Repository, run: An
             "makes 1,000,000,000,000 keys",
         ),
         (lambda r, p: r.tag("air", 1, 2024), snapref.InvalidInputError, "name must be text"),
+        (
+            lambda r, p: r.blame("air", "temp", (1.5, 0, 0)),
+            snapref.InvalidInputError,
+            r"Invalid index \(1\.5, 0, 0\): give whole numbers",
+        ),
+        (
+            lambda r, p: r.open_dataset("air", engine="h5netcdf"),
+            snapref.InvalidInputError,
+            "engine is 'zarr', not 'h5netcdf'",
+        ),
+        (
+            lambda r, p: r.resolve("air", as_of="2001-01-01"),
+            snapref.VersionNotFoundError,
+            r"no version on branch 'main' at 2001-01-01T00:00:00; its first version "
+            r"there is from 20\d\d-.*: give that time or a later one",
+        ),
     ],
 )
 def test_mistakes_found_by_an_audit_are_named_errors(
@@ -665,3 +681,32 @@ def test_mistakes_found_by_an_audit_are_named_errors(
     with pytest.raises(error, match=match):
         call(air, tmp_path)
     assert air.datasets() == ["air"] and air.head("air").version == 1
+
+
+def test_a_closed_repository_says_so_and_lets_go(tmp_path: Path, catalog_url: str | None) -> None:
+    """After close() (or its with block) nothing reconnects behind the user's back: on
+    duckdb that would take the file's lock again, for the life of the process."""
+    wh = str(tmp_path / "wh")
+    with snapref.init(wh, catalog=catalog_url) as repo:
+        repo.import_references("d", {"version": 1, "refs": {".zgroup": '{"zarr_format":2}'}})
+        group = repo.open("d")
+    for call in (repo.datasets, lambda: repo.head("d"), lambda: repo.log("d")):
+        with pytest.raises(
+            snapref.RepositoryClosedError, match=rf"snapref.connect\('file://{wh}'\)"
+        ):
+            call()
+    assert dict(group.attrs) == {}  # what was opened before reads on
+    with snapref.connect(wh) as again:  # on duckdb: the lock is free
+        assert again.datasets() == ["d"]
+
+
+def test_a_failed_init_leaves_no_folder_behind(tmp_path: Path) -> None:
+    wh = tmp_path / "new"
+    with pytest.raises(snapref.CatalogUnavailableError):
+        snapref.init(str(wh), catalog="postgresql://nobody@127.0.0.1:1/none")
+    assert not wh.exists()
+    # a folder that was there before stays, with what it held
+    (wh / "keep").mkdir(parents=True)
+    with pytest.raises(snapref.CatalogUnavailableError):
+        snapref.init(str(wh), catalog="postgresql://nobody@127.0.0.1:1/none")
+    assert sorted(p.name for p in wh.iterdir()) == ["keep"]
