@@ -795,7 +795,7 @@ class Repository:
         xr_kwargs.setdefault("chunks", None)
         return xr.open_dataset(store, engine="zarr", **xr_kwargs)  # type: ignore[arg-type]
 
-    # -- history (snapref/history.py, snapref/inspect.py) ----------------------------
+    # -- history (snapref/history.py, snapref/merge.py, snapref/inspect.py) ------------
 
     def diff(self, name: str, old: VersionSpec, new: VersionSpec = None) -> Any:
         """What changed between two versions: a :class:`snapref.history.Diff`."""
@@ -842,9 +842,9 @@ class Repository:
         message: str | None = None,
     ) -> Snapshot:
         """Move ``branch`` back (or anywhere) to version ``to``; returns the old head."""
-        from snapref import history
+        from snapref import merge
 
-        return history.reset(
+        return merge.reset(
             self, name, branch, self.resolve(name, to), author=author, message=message
         )
 
@@ -858,10 +858,10 @@ class Repository:
         author: str | None = None,
     ) -> Snapshot | None:
         """Commit a new version on ``branch`` that undoes ``version``'s changes."""
-        from snapref import history
+        from snapref import merge
 
         snap = self.resolve(name, version)
-        return history.revert(self, snap, branch=branch, message=message, author=author)
+        return merge.revert(self, snap, branch=branch, message=message, author=author)
 
     def merge(
         self,
@@ -874,10 +874,10 @@ class Repository:
         author: str | None = None,
     ) -> Any:
         """Three-way merge of branch ``source`` into ``into``; a
-        :class:`snapref.history.MergeResult`."""
-        from snapref import history
+        :class:`snapref.merge.MergeResult`."""
+        from snapref import merge
 
-        return history.merge(
+        return merge.merge(
             self, name, source, into=into, message=message, strategy=strategy, author=author
         )
 

@@ -516,7 +516,7 @@ class Transaction:
             time.sleep(random.uniform(0, wait))
             wait = min(2 * wait, 1.0)
             # the branch moved: replay the edits onto its new head if they do not overlap
-            from snapref.history import rebase_changeset
+            from snapref.merge import rebase_changeset
 
             changeset = changeset.without_noops(base)
             parent, base, changeset = rebase_changeset(
