@@ -4,13 +4,13 @@ A :class:`Repository` is a warehouse (any fsspec URL, holding immutable objects,
 shards and manifest lists) plus the SQL catalog recorded in the warehouse's
 ``snapref.json``. Everything else — import, transactions, checkout and commit of
 reference files, time travel, branches and tags — is a method here, and the CLI is a
-thin layer over these methods.
+thin layer over these methods. Checkout and commit of reference files are implemented
+in :mod:`snapref.checkout`.
 """
 
 from __future__ import annotations
 
 import functools
-import gc
 import getpass
 import operator
 import os
@@ -18,7 +18,6 @@ import posixpath
 import subprocess
 import threading
 import uuid
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, time
@@ -34,7 +33,7 @@ from zarr.errors import (
 )
 from zarr.storage import FsspecStore
 
-from snapref import progress
+from snapref import checkout
 from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Log, Lookups, RefRecord, Snapshot
 from snapref.catalog.lookups import SQLiteReader, sqlite_url
 from snapref.errors import (
@@ -43,32 +42,16 @@ from snapref.errors import (
     CatalogUnavailableError,
     IntegrityError,
     InvalidInputError,
-    InvalidReferenceError,
     NotFoundError,
     RepositoryClosedError,
     RepositoryNotFoundError,
     VersionNotFoundError,
 )
 from snapref.fs import SnapshotFileSystem, SourcePolicy, StagedReferences
-from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
+from snapref.manifest import Manifest, VirtualRef
 from snapref.objects import Warehouse, connection_failed
-from snapref.refs import (
-    allowed_prefix,
-    check_protocol,
-    encode_inline,
-    load_reference_file,
-    normalize_url,
-    parse_references,
-    source_prefix,
-)
-from snapref.refs_parquet import (
-    DEFAULT_RECORD_SIZE,
-    is_parquet_references,
-    load_parquet_references,
-    stream_parquet_import,
-    write_parquet_references,
-)
-from snapref.refs_parquet import RECORD_FILE as PARQUET_RECORD_FILE
+from snapref.refs import allowed_prefix, check_protocol, source_prefix
+from snapref.refs_parquet import DEFAULT_RECORD_SIZE, is_parquet_references, stream_parquet_import
 from snapref.transaction import ChangeSet, Transaction, check_name, commit_changes
 
 if TYPE_CHECKING:
@@ -81,8 +64,6 @@ CONFIG_FILE = "snapref.json"
 EMBEDDED_CATALOG = "catalog.db"
 #: the setting in which a catalog records the id of its repository (snapref.json's "id")
 REPOSITORY_ID = "repository_id"
-#: Checkout writes this beside the reference file, to know the parent at commit time.
-SIDECAR_SUFFIX = ".snapref"
 
 VersionSpec = int | str | None
 
@@ -387,14 +368,14 @@ class Repository:
                 "'snapref commit' or choose another name"
             )
         sources: set[str] = set()
-        with _bulk():
+        with checkout._bulk():
             if isinstance(refs, str) and is_parquet_references(refs, storage_options):
                 # record by record into shards: memory stays bounded however many refs
                 changeset, sources = stream_parquet_import(self, refs, storage_options)
             else:
                 changeset = ChangeSet()
                 urls: set[str] = set()
-                for key, value in self._parse(refs, storage_options).items():
+                for key, value in checkout._parse(refs, storage_options).items():
                     if isinstance(value, VirtualRef):
                         changeset.changes[key] = value
                         urls.add(value.url)
@@ -440,133 +421,18 @@ class Repository:
 
         Returns the new snapshot, or None if the file changes nothing.
         """
-        record = _checkout_record(refs, storage_options) if parent is None else None
-        if parent is None and record is None:
-            if (
-                isinstance(refs, str)
-                and refs != "-"
-                and not is_parquet_references(refs, storage_options)
-            ):
-                load_reference_file(refs, storage_options)  # says if it is missing or bad
-            raise InvalidInputError(
-                "Cannot tell which version this reference set was checked out from: it "
-                "has no snapref record and no sidecar file. Pass --parent VERSION "
-                "(parent= in Python)."
-            )
-        if record is not None:
-            if record.get("dataset") not in (None, name):
-                raise InvalidInputError(
-                    f"This reference set was checked out from dataset "
-                    f"{record['dataset']!r}, not {name!r}"
-                )
-            try:
-                parent_snap = self.db.snapshot(record["snapshot"])
-            except VersionNotFoundError:
-                raise VersionNotFoundError(
-                    f"This reference set was checked out from snapshot "
-                    f"{str(record['snapshot'])[:12]} of {record.get('repository', '?')}, which "
-                    f"this repository ({self.url}) does not hold. Commit it there, or "
-                    "here with --parent VERSION (parent= in Python)."
-                ) from None
-            branch = branch or record.get("branch") or MAIN_BRANCH
-        else:
-            parent_snap = self.resolve(name, parent)
-            branch = branch or MAIN_BRANCH
-        base = self.manifest(parent_snap)
-        with _bulk():
-            changeset = self._edits(base, self._parse(refs, storage_options, base))
-            snap = commit_changes(
-                self,
-                name,
-                branch,
-                parent_snap,
-                base,
-                changeset,
-                message=message,
-                author=author,
-                properties=properties,
-                allow_sources=allow_sources,
-                noop_on_branch=True,
-            )
-        if snap is not None and isinstance(refs, str) and refs != "-":
-            # the file now matches the new version: further edits continue from it
-            try:
-                _write_record(refs + SIDECAR_SUFFIX, self._record(snap, branch), storage_options)
-                if is_parquet_references(refs, storage_options):
-                    inside = refs.rstrip("/") + "/" + PARQUET_RECORD_FILE
-                    _write_record(inside, self._record(snap, branch), storage_options)
-            except Exception as exc:  # the version is recorded: say so, whatever failed
-                warnings.warn(
-                    f"Committed {name} version {snap.version}, but could not update the "
-                    f"checkout record beside {refs!r} ({exc}). To commit further edits of "
-                    f"that file, pass --parent {snap.version} (parent={snap.version} in "
-                    "Python).",
-                    stacklevel=2,
-                )
-        return snap
-
-    def _edits(self, base: Manifest, parsed: Mapping[str, Any]) -> ChangeSet:
-        """What the edited reference set ``parsed`` (a checkout of ``base``) changes.
-
-        One walk over ``base``, shard by shard, sets aside every entry written as the
-        checkout wrote it (a warehouse object by its URL, a virtual reference, inline
-        bytes): committing an edited checkout of 10^6 chunks looks up no key.
-        """
-        changeset = ChangeSet()
-        seen: set[str] = set()
-        for key, before in base.items():
-            seen.add(key)
-            after = parsed.get(key)
-            if after is None:
-                changeset.delete(key)
-            elif not self._as_checked_out(before, after):
-                self._stage_edit(changeset, key, after)
-        if len(seen) != len(parsed):
-            for key, after in parsed.items():
-                if key not in seen:
-                    self._stage_edit(changeset, key, after)
-        return changeset
-
-    def _as_checked_out(self, before: Ref, after: Any) -> bool:
-        """Whether ``after`` (parsed from a reference set) is ``before`` as a checkout
-        writes it: the same virtual reference, the same inline bytes, or a warehouse
-        object by its URL. Anything else is staged, and compared again if need be
-        (:meth:`ChangeSet.without_noops`: metadata spelt otherwise, bytes inlined)."""
-        if type(after) is not VirtualRef:
-            return type(before) is InlineRef and before.data == after
-        if type(before) is ObjectRef:
-            return after.offset is None and after.url == self.objects.url(before.digest)
-        return before == after
-
-    def _stage_edit(self, changeset: ChangeSet, key: str, value: Any) -> None:
-        """Stage ``value`` (parsed from a reference set) at ``key``: a warehouse
-        object's URL as that object, a byte range of one as those bytes."""
-        if not isinstance(value, VirtualRef):
-            changeset.put_bytes(key, value)
-            return
-        digest = self.objects.digest_of_url(value.url)
-        if digest is None:
-            changeset.changes[key] = value
-        elif value.offset is None:  # a whole warehouse object, as checkouts write
-            changeset.changes[key] = ObjectRef(digest, len(self.objects.get(digest)))
-        else:  # a byte range of one: those bytes (checked), as a value of their own
-            changeset.put_bytes(key, _object_range(self, key, digest, value))
-
-    def _parse(
-        self,
-        refs: Mapping[str, Any] | str,
-        storage_options: Mapping[str, Any] | None,
-        parent_manifest: Manifest | None = None,
-    ) -> dict[str, Any]:
-        if isinstance(refs, str) and is_parquet_references(refs, storage_options):
-            return load_parquet_references(refs, storage_options, parent_manifest)
-        if isinstance(refs, str):
-            base = None if "://" in refs else os.path.dirname(os.path.abspath(refs))
-            return parse_references(load_reference_file(refs, storage_options), base)
-        # a reference set made in this process (kerchunk's translate()) names local
-        # files as it was given them: relative paths mean the working directory, as
-        # fsspec would read them now
-        return parse_references(refs, os.getcwd())
+        return checkout.commit_references(
+            self,
+            name,
+            refs,
+            message,
+            parent=parent,
+            branch=branch,
+            author=author,
+            properties=properties,
+            allow_sources=allow_sources,
+            storage_options=storage_options,
+        )
 
     # -- reading versions ----------------------------------------------------------------
 
@@ -574,19 +440,7 @@ class Repository:
         """Version ``version`` of ``name`` as a kerchunk JSON (version 1) reference set
         that plain fsspec opens (invariant 4). Objects are referenced by their
         warehouse URL."""
-        snap = self.resolve(name, version, **kw)
-        refs: dict[str, Any] = {}
-        manifest = self.manifest(snap)
-        for key, ref in progress.items(manifest.items(), len(manifest), "Reading references"):
-            if isinstance(ref, InlineRef):
-                refs[key] = encode_inline(ref.data)
-            elif isinstance(ref, ObjectRef):
-                refs[key] = [self.objects.url(ref.digest)]
-            elif ref.offset is None:
-                refs[key] = [ref.url]
-            else:
-                refs[key] = [ref.url, ref.offset, ref.length]
-        return {"version": 1, "refs": refs}
+        return checkout.to_references(self, name, version, **kw)
 
     def checkout(
         self,
@@ -613,61 +467,17 @@ class Repository:
         edits not committed yet), and only if it is a reference set; nothing is ever
         written inside the warehouse or over the catalog.
         """
-        import fsspec
-
-        if format not in ("json", "parquet"):
-            raise InvalidInputError(f"Unknown reference format {format!r}: use json or parquet")
-        snap = self.resolve(name, version, branch=branch)
-        self._check_checkout_target(path, storage_options, format, overwrite)
-        named = self.db.ref(name, version) if isinstance(version, str) else None
-        on_branch = branch or (
-            version if isinstance(version, str) and named and named.kind == BRANCH else MAIN_BRANCH
+        return checkout.checkout(
+            self,
+            name,
+            version,
+            path,
+            branch=branch,
+            storage_options=storage_options,
+            format=format,
+            record_size=record_size,
+            overwrite=overwrite,
         )
-        record = self._record(snap, on_branch)
-        if format == "parquet":
-            path = path.rstrip("/")
-            write_parquet_references(
-                self,
-                snap,
-                path,
-                record_size=record_size,
-                storage_options=storage_options,
-                record=record,
-            )
-            _write_record(path + SIDECAR_SUFFIX, record, storage_options)
-            return snap
-        out = self.to_references(name, snap.id)
-        out["snapref"] = record
-        with fsspec.open(path, "wb", **dict(storage_options or {})) as f:
-            f.write(ujson.dumps(out).encode())
-        _write_record(path + SIDECAR_SUFFIX, record, storage_options)
-        return snap
-
-    def _check_checkout_target(
-        self, path: str, storage_options: Mapping[str, Any] | None, fmt: str, overwrite: bool
-    ) -> None:
-        """Raise unless a checkout may write ``path`` (see :meth:`checkout`)."""
-        fs, where = self.output_location(path, storage_options, "check out to")
-        if not fs.exists(where):
-            return
-        if fmt == "json" and fs.isdir(where):
-            raise InvalidInputError(
-                f"Cannot check out to {path!r}: it is a folder. Give the path of the JSON "
-                "file to write inside it, e.g. DIR/work.json."
-            )
-        if not overwrite:
-            raise InvalidInputError(
-                f"{path!r} exists already. Choose a new path, or replace it with --force "
-                "(overwrite=True in Python): edits in it not committed yet would be lost."
-            )
-        if fmt == "json":
-            with fs.open(where, "rb") as f:
-                head = f.read(64).lstrip()
-            if not head.startswith(b"{"):
-                raise InvalidInputError(
-                    f"{path!r} exists and is not a JSON reference file; snapref does not "
-                    "replace other files, even with --force. Choose another path."
-                )
 
     def output_location(
         self, path: str, storage_options: Mapping[str, Any] | None, doing: str
@@ -675,39 +485,7 @@ class Repository:
         """The filesystem and path of ``path``, a file snapref is asked to write
         (a checkout, a catalogue); an :class:`InvalidInputError` if it lies in the
         repository's own storage (its warehouse, an embedded catalog file)."""
-        import fsspec
-
-        check_protocol(path, "output path")
-        fs, where = fsspec.core.url_to_fs(path, **dict(storage_options or {}))
-        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-        if {"http", "https"} & set(protocols):
-            raise InvalidInputError(
-                f"Cannot {doing} {path!r}: fsspec reads HTTP URLs but cannot write them. "
-                "Give a local path or a writable URL (s3://, gs://, ...)."
-            )
-        where = where.rstrip("/")
-        target = fs.unstrip_protocol(where)
-        catalog = self.db.engine.url
-        inside = target == self.warehouse.url or target.startswith(self.warehouse.url + "/")
-        if inside or (
-            catalog.get_backend_name() in ("sqlite", "duckdb")
-            and catalog.database
-            and normalize_url(target) == normalize_url(os.path.abspath(catalog.database))
-        ):
-            raise InvalidInputError(
-                f"Cannot {doing} {path!r}: it is the repository's own storage "
-                f"({self.warehouse.url}), which only snapref writes. Choose a path outside it."
-            )
-        return fs, where
-
-    def _record(self, snap: Snapshot, branch: str) -> dict[str, Any]:
-        return {
-            "repository": self.url,
-            "dataset": snap.dataset,
-            "snapshot": snap.id,
-            "version": snap.version,
-            "branch": branch,
-        }
+        return checkout.output_location(self, path, storage_options, doing)
 
     def _filesystem(
         self,
@@ -920,21 +698,6 @@ class _Closed(Lookups):
 
     def full(self) -> Catalog:
         raise self._error()
-
-
-@contextmanager
-def _bulk() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while a reference set of up to millions
-    of entries is read and recorded: those objects hold no cycles, yet every few
-    thousand of them made the collector walk all that were alive (an import of 10^6
-    references spent ~2 s of its ~10 s there)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @functools.cache  # two subprocesses: once per process is enough
@@ -1158,19 +921,6 @@ def _without_password(url: str) -> str:
     return sa.engine.make_url(url)._replace(password=None).render_as_string(hide_password=False)
 
 
-def _object_range(repo: Repository, key: str, digest: str, ref: VirtualRef) -> bytes:
-    """The bytes ``[offset, offset + length)`` of a warehouse object that ``key`` names
-    by URL, from the object's verified bytes."""
-    data = repo.objects.get(digest)
-    start, length = ref.offset or 0, ref.length or 0
-    if start + length > len(data):
-        raise InvalidReferenceError(
-            f"Key {key!r}: the range [{start}, {start + length}) lies beyond the "
-            f"{len(data)} bytes of {ref.url}. Give a range inside the object, or [url]."
-        )
-    return data[start : start + length]
-
-
 @contextmanager
 def _storage_options_checked(url: str, storage_options: Mapping[str, Any] | None) -> Iterator[None]:
     """Around the first use of a warehouse: an option the filesystem does not take
@@ -1268,42 +1018,3 @@ def _parse_when(when: Any) -> datetime:
         f"Invalid time {when!r}: give a datetime, a date, or ISO 8601 text such as "
         "2026-01-01T12:00:00Z"
     )
-
-
-def _write_record(
-    path: str, record: Mapping[str, Any], storage_options: Mapping[str, Any] | None
-) -> None:
-    import fsspec
-
-    with fsspec.open(path, "wb", **dict(storage_options or {})) as f:
-        f.write(ujson.dumps(record, indent=2).encode())
-
-
-def _checkout_record(
-    refs: Mapping[str, Any] | str, storage_options: Mapping[str, Any] | None = None
-) -> dict[str, Any] | None:
-    """The checkout record of a reference set: its sidecar file (kept current by
-    commits), else the record inside it (which ``fs.save_json`` drops)."""
-    import fsspec
-
-    if isinstance(refs, Mapping):
-        rec = refs.get("snapref")
-        return rec if isinstance(rec, dict) else None
-    try:
-        with fsspec.open(refs + SIDECAR_SUFFIX, "rb", **dict(storage_options or {})) as f:
-            return dict(ujson.loads(f.read()))
-    except (FileNotFoundError, IsADirectoryError, ValueError, TypeError):
-        pass
-    try:
-        with fsspec.open(
-            refs.rstrip("/") + "/" + PARQUET_RECORD_FILE, "rb", **dict(storage_options or {})
-        ) as f:
-            return dict(ujson.loads(f.read()))
-    except (FileNotFoundError, NotADirectoryError, ValueError, TypeError):
-        pass
-    try:
-        doc = load_reference_file(refs, storage_options)
-    except InvalidReferenceError:
-        return None
-    rec = doc.get("snapref") if isinstance(doc, dict) else None
-    return rec if isinstance(rec, dict) else None
