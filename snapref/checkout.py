@@ -13,17 +13,14 @@ only the entries that changed; then it points the record at the new version, so 
 editing and committing the same file can go on.
 
 The :class:`~snapref.Repository` methods of the same names are the public API (and
-hold the documentation); they delegate here. ``Repository.import_references`` shares
-the reader of reference sets (:func:`_parse`) and :func:`_bulk`.
+hold the documentation); they delegate here.
 """
 
 from __future__ import annotations
 
-import gc
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import ujson
@@ -33,16 +30,16 @@ from snapref.catalog import BRANCH, MAIN_BRANCH, Snapshot
 from snapref.errors import InvalidInputError, InvalidReferenceError, VersionNotFoundError
 from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
 from snapref.refs import (
+    bulk,
     check_protocol,
     encode_inline,
     load_reference_file,
     normalize_url,
-    parse_references,
+    read_reference_set,
 )
 from snapref.refs_parquet import (
     DEFAULT_RECORD_SIZE,
     is_parquet_references,
-    load_parquet_references,
     write_parquet_references,
 )
 from snapref.refs_parquet import RECORD_FILE as PARQUET_RECORD_FILE
@@ -254,8 +251,8 @@ def commit_references(
         parent_snap = repo.resolve(name, parent)
         branch = branch or MAIN_BRANCH
     base = repo.manifest(parent_snap)
-    with _bulk():
-        changeset = _edits(repo, base, _parse(refs, storage_options, base))
+    with bulk():
+        changeset = _edits(repo, base, read_reference_set(refs, storage_options, base))
         snap = commit_changes(
             repo,
             name,
@@ -378,37 +375,3 @@ def _object_range(repo: Repository, key: str, digest: str, ref: VirtualRef) -> b
             f"{len(data)} bytes of {ref.url}. Give a range inside the object, or [url]."
         )
     return data[start : start + length]
-
-
-# -- reading reference sets in (shared with Repository.import_references) ---------------
-
-
-def _parse(
-    refs: Mapping[str, Any] | str,
-    storage_options: Mapping[str, Any] | None,
-    parent_manifest: Manifest | None = None,
-) -> dict[str, Any]:
-    if isinstance(refs, str) and is_parquet_references(refs, storage_options):
-        return load_parquet_references(refs, storage_options, parent_manifest)
-    if isinstance(refs, str):
-        base = None if "://" in refs else os.path.dirname(os.path.abspath(refs))
-        return parse_references(load_reference_file(refs, storage_options), base)
-    # a reference set made in this process (kerchunk's translate()) names local
-    # files as it was given them: relative paths mean the working directory, as
-    # fsspec would read them now
-    return parse_references(refs, os.getcwd())
-
-
-@contextmanager
-def _bulk() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while a reference set of up to millions
-    of entries is read and recorded: those objects hold no cycles, yet every few
-    thousand of them made the collector walk all that were alive (an import of 10^6
-    references spent ~2 s of its ~10 s there)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()

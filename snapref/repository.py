@@ -50,7 +50,7 @@ from snapref.errors import (
 from snapref.fs import SnapshotFileSystem, SourcePolicy, StagedReferences
 from snapref.manifest import Manifest, VirtualRef
 from snapref.objects import Warehouse, connection_failed
-from snapref.refs import allowed_prefix, check_protocol, source_prefix
+from snapref.refs import allowed_prefix, bulk, check_protocol, read_reference_set, source_prefix
 from snapref.refs_parquet import DEFAULT_RECORD_SIZE, is_parquet_references, stream_parquet_import
 from snapref.transaction import ChangeSet, Transaction, check_name, commit_changes
 
@@ -368,14 +368,14 @@ class Repository:
                 "'snapref commit' or choose another name"
             )
         sources: set[str] = set()
-        with checkout._bulk():
+        with bulk():
             if isinstance(refs, str) and is_parquet_references(refs, storage_options):
                 # record by record into shards: memory stays bounded however many refs
                 changeset, sources = stream_parquet_import(self, refs, storage_options)
             else:
                 changeset = ChangeSet()
                 urls: set[str] = set()
-                for key, value in checkout._parse(refs, storage_options).items():
+                for key, value in read_reference_set(refs, storage_options).items():
                     if isinstance(value, VirtualRef):
                         changeset.changes[key] = value
                         urls.add(value.url)
