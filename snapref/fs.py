@@ -20,7 +20,8 @@ import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.implementations.reference import ReferenceFileSystem, ReferenceNotReachable
 from fsspec.utils import get_protocol
-from zarr.core.buffer import Buffer
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore
 
 from snapref.errors import (
@@ -458,12 +459,30 @@ class SnapshotFileSystem(ReferenceFileSystem):
     async def _cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
+        return await self._read(path, start, end, **kwargs)  # type: ignore[return-value]
+
+    async def _cat_view(self, path: str) -> BytesLike:
+        """The whole value of key ``path`` for zarr's store, which only reads it: like
+        ``_cat_file``, but a large object of a local warehouse comes as a memory map
+        of its file (:meth:`~snapref.objects.ContentStore.view_async`)."""
+        return await self._read(path, view=True)
+
+    async def _read(
+        self,
+        path: str,
+        start: int | None = None,
+        end: int | None = None,
+        view: bool = False,
+        **kwargs: Any,
+    ) -> BytesLike:
         path = self._strip_protocol(path)
         try:
             value = await self._staged.get_async(path, self._warehouse_fs)
         except KeyError as exc:
             raise FileNotFoundError(path) from exc
         if isinstance(value, ObjectRef):
+            if view:
+                return await self._objects.view_async(self._warehouse_fs, value.digest)
             data = await self._objects.get_async(self._warehouse_fs, value.digest)
             return data[start:end]
         if isinstance(value, bytes):
@@ -801,6 +820,21 @@ class SnapshotStore(FsspecStore):
             await self._open()
         self._check_writable()
         await self.fs._pipe_file(self._fs_path(key), value.as_buffer_like())
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        """As ``FsspecStore.get``; a whole chunk stored as a large local object is
+        handed to zarr as a memory map of its file, not a copy (``_cat_view``)."""
+        if byte_range is not None:
+            return await super().get(key, prototype, byte_range)
+        if not self._is_open:
+            await self._open()
+        try:
+            data = await self.fs._cat_view(self._fs_path(key))
+            return prototype.buffer.from_bytes(memoryview(data))
+        except self.allowed_exceptions:
+            return None
 
     async def exists(self, key: str) -> bool:
         return await self.fs._isfile(self._fs_path(key))

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import mmap
 import os
 import tempfile
 from collections.abc import Buffer, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import fsspec
 from blake3 import blake3
@@ -47,6 +48,13 @@ MAX_CONCURRENCY = 64
 _PARALLEL_HASH = 1 << 20
 #: inside an event loop, inputs larger than this are hashed in a worker thread
 _THREAD_HASH = 256 << 10
+#: local objects of at least this size are read for zarr as a memory map of the file
+#: (:meth:`ContentStore.view_async`): mapping 4 MiB from the page cache takes ~25 us
+#: against ~490 us to copy it out with read(); below ~128 KiB read() is quicker
+_MAP_AT = 256 << 10
+#: mmap's flag to map every page at once (Linux): without it, each 4 KiB page would
+#: fault on first touch, slower than read(); where it is missing, nothing is mapped
+_MAP_POPULATE: int = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def content_hash(data: BytesLike) -> str:
@@ -312,13 +320,36 @@ class ContentStore:
             return self.verify(digest, data)
         return await asyncio.to_thread(self.verify, digest, data)
 
+    async def view_async(self, afs: AsyncFileSystem, digest: str) -> BytesLike:
+        """Like :meth:`get_async`, for zarr, which only reads the bytes: a large object
+        of a local warehouse comes as a read-only memory map of its file, checked
+        without the copy read() makes (docs/layout.md). Files are never changed in
+        place, so the map holds what was checked."""
+        if self.warehouse.is_local and _MAP_POPULATE:
+            return await asyncio.to_thread(self._view_local, digest)
+        return await self.get_async(afs, digest)
+
     def _get_local(self, digest: str) -> bytes:
-        try:
-            with open(self.path(digest), "rb") as f:
+        with self._open_local(digest) as f:
+            data = f.read()
+        return self.verify(digest, data)
+
+    def _view_local(self, digest: str) -> BytesLike:
+        with self._open_local(digest) as f:
+            data: BytesLike
+            if os.fstat(f.fileno()).st_size < _MAP_AT:
                 data = f.read()
+            else:
+                data = mmap.mmap(
+                    f.fileno(), 0, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ
+                )
+        return self.verify(digest, data)
+
+    def _open_local(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.path(digest), "rb")  # the caller closes it
         except FileNotFoundError:
             raise self._missing(digest) from None
-        return self.verify(digest, data)
 
     @property
     def _noun(self) -> str:
@@ -332,7 +363,7 @@ class ContentStore:
             "be read."
         )
 
-    def verify(self, digest: str, data: bytes) -> bytes:
+    def verify[B: BytesLike](self, digest: str, data: B) -> B:
         """Return ``data`` if it hashes to ``digest``; raise IntegrityError otherwise."""
         actual = content_hash(data)
         if actual != digest:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import mmap
 import pickle
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from zarr.testing.store import StoreTests
 from zarr.testing.utils import assert_bytes_equal
 
 import snapref
+from snapref import objects
 from snapref.fs import SnapshotStore, StagedReferences
 from snapref.keys import is_metadata_key
 from snapref.manifest import InlineRef, ManifestWriter, ObjectRef, Ref, VirtualRef
@@ -378,3 +380,40 @@ def test_mv_renames_an_array_without_reading_or_writing_chunks(air: snapref.Repo
     chunks = [k for k in manifest if k.startswith("temperature/") and "/." not in k]
     assert len(chunks) == 24 and {type(manifest[k]) for k in chunks} == {VirtualRef}
     np.testing.assert_array_equal(snapref.open(air, "air", 1)["temp"][:], before)
+
+
+def test_large_chunks_reach_zarr_as_a_checked_map_of_their_file(
+    empty_repo: snapref.Repository,
+) -> None:
+    """A chunk object of 256 KiB or more in a local warehouse is handed to zarr as a
+    memory map of its file (no copy): the same values, the same checks, and an edit
+    of part of it leaves the committed object as it was."""
+    values = np.arange(512 * 1024, dtype="float64").reshape(512, 1024)  # 2 chunks, 2 MiB
+    with empty_repo.transaction("ds", message="write") as tx:
+        zarr.create_array(
+            tx.store,
+            name="v",
+            shape=values.shape,
+            chunks=(512, 512),
+            dtype="float64",
+            compressors=None,
+            zarr_format=2,
+        )[:] = values
+    group = snapref.open(empty_repo, "ds")
+    ref = empty_repo.manifest(empty_repo.head("ds")).get("v/0.1")
+    assert isinstance(ref, ObjectRef)
+    path = Path(empty_repo.objects.path(ref.digest))
+    assert path.stat().st_size >= objects._MAP_AT
+    view = sync(group.store.fs._cat_view("v/0.1"))
+    assert isinstance(view, mmap.mmap)  # mapped, not read
+    assert np.array_equal(group["v"][:], values)
+    with empty_repo.transaction("ds", message="edit") as tx:
+        zarr.open_group(tx.store, mode="r+")["v"][0, 512] = -1.0
+    assert snapref.open(empty_repo, "ds")["v"][0, 512] == -1.0
+    assert np.array_equal(snapref.open(empty_repo, "ds", version=2)["v"][:], values)
+    # one byte changed in place: an IntegrityError, never the changed value
+    with path.open("r+b") as f:
+        f.seek(8 * 7)
+        f.write(b"\x01")
+    with pytest.raises(snapref.IntegrityError, match="damaged"):
+        snapref.open(empty_repo, "ds", version=2)["v"][0, 512 + 7]
