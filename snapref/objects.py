@@ -21,6 +21,7 @@ import mmap
 import os
 import tempfile
 from collections.abc import Buffer, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -336,13 +337,15 @@ class ContentStore:
 
     def _view_local(self, digest: str) -> BytesLike:
         with self._open_local(digest) as f:
-            data: BytesLike
-            if os.fstat(f.fileno()).st_size < _MAP_AT:
+            data: BytesLike | None = None
+            if os.fstat(f.fileno()).st_size >= _MAP_AT:
+                # a filesystem that cannot map files (some FUSE mounts) is read instead
+                with suppress(OSError):
+                    data = mmap.mmap(
+                        f.fileno(), 0, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ
+                    )
+            if data is None:
                 data = f.read()
-            else:
-                data = mmap.mmap(
-                    f.fileno(), 0, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ
-                )
         return self.verify(digest, data)
 
     def _open_local(self, digest: str) -> BinaryIO:

@@ -417,3 +417,27 @@ def test_large_chunks_reach_zarr_as_a_checked_map_of_their_file(
         f.write(b"\x01")
     with pytest.raises(snapref.IntegrityError, match="damaged"):
         snapref.open(empty_repo, "ds", version=2)["v"][0, 512 + 7]
+
+
+def test_large_chunks_are_read_where_files_cannot_be_mapped(
+    empty_repo: snapref.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = np.arange(512 * 512, dtype="float64").reshape(512, 512)  # one 2 MiB chunk
+    with empty_repo.transaction("ds", message="write") as tx:
+        zarr.create_array(
+            tx.store,
+            name="v",
+            shape=values.shape,
+            chunks=values.shape,
+            dtype="float64",
+            compressors=None,
+            zarr_format=2,
+        )[:] = values
+
+    def cannot_map(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(19, "No such device")  # what mmap says on a FUSE mount without it
+
+    monkeypatch.setattr(mmap, "mmap", cannot_map)
+    group = snapref.open(empty_repo, "ds")
+    assert isinstance(sync(group.store.fs._cat_view("v/0.0")), bytes)
+    assert np.array_equal(group["v"][:], values)
