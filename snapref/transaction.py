@@ -46,6 +46,8 @@ from snapref.objects import content_hash
 from snapref.refs import allowed_prefix
 
 if TYPE_CHECKING:
+    from snapref.manifest import WriteResult
+    from snapref.objects import PutResult
     from snapref.repository import Repository
 
 __all__ = ["ChangeSet", "Transaction", "commit_changes"]
@@ -271,6 +273,9 @@ def commit_changes(
     still need ``branch`` to hold ``parent``: the file's state is not on a branch that
     points elsewhere, and saying "nothing changed" would leave it there unsaid.
 
+    The steps are those of docs/layout.md's commit protocol; every file is written
+    before the catalog transaction that makes it reachable.
+
     Raises
     ------
     DisallowedSourceError
@@ -278,74 +283,97 @@ def commit_changes(
     ConflictError
         If ``branch`` moved away from ``parent`` meanwhile; nothing is recorded.
     """
-    from snapref import __version__
-
     check_provenance(dataset, message, author, properties, description)
     changeset = changeset.without_noops(base)
     if parent is not None and not (changeset.changes or changeset.sections or merged_parents):
-        # nothing to record, if the branch exists (not a tag) and, for a reference
-        # file, holds the version the changes start from (its head or behind it)
-        head = repo.head(dataset, branch)
-        if (
-            noop_on_branch
-            and head.id != parent.id
-            and parent.id not in repo.db.ancestor_ids(head.id)
-        ):
-            raise ConflictError(
-                f"Branch {branch!r} of dataset {dataset!r} does not hold version "
-                f"{parent.version} ({parent.id[:12]}), where these changes start: it "
-                f"points at version {head.version}. Nothing was committed. Commit to the "
-                "branch the changes came from, or start a new branch from that version."
-            )
+        _check_nothing_to_record(repo, dataset, branch, parent, noop_on_branch)
         return None
+    _check_metadata(changeset)
+    sources = _check_sources(repo, dataset, parent, changeset, allow_sources, new_sources)
+    objects_put = repo.objects.put_many(changeset.objects)
+    # the shards that hold changed keys, then the manifest list
+    manifest_written = ManifestWriter(base).write(changeset.changes, changeset.sections)
+    ops, summary = _summarize(base, changeset, objects_put, manifest_written)
+    row = _snapshot_row(
+        repo,
+        branch,
+        parent,
+        merged_parents,
+        manifest_written,
+        summary,
+        message=message,
+        author=author,
+        properties=properties,
+    )
+    return _record(
+        repo, dataset, branch, parent, row, ops, sources, action=action, description=description
+    )
+
+
+def _check_nothing_to_record(
+    repo: Repository, dataset: str, branch: str, parent: Snapshot, noop_on_branch: bool
+) -> None:
+    """Nothing to record: fine if ``branch`` exists and (``noop_on_branch``) holds ``parent``."""
+    # a branch, not a tag; for a reference file, one that holds the version the
+    # changes start from (its head or behind it)
+    head = repo.head(dataset, branch)
+    if noop_on_branch and head.id != parent.id and parent.id not in repo.db.ancestor_ids(head.id):
+        raise ConflictError(
+            f"Branch {branch!r} of dataset {dataset!r} does not hold version "
+            f"{parent.version} ({parent.id[:12]}), where these changes start: it "
+            f"points at version {head.version}. Nothing was committed. Commit to the "
+            "branch the changes came from, or start a new branch from that version."
+        )
+
+
+def _check_metadata(changeset: ChangeSet) -> None:
+    """Refuse a metadata document zarr cannot open: such a version is never recorded."""
     for key, ref in changeset.changes.items():
         if type(ref) is InlineRef and is_metadata_key(key):
-            check_metadata(key, ref.data)  # a version zarr cannot open is never recorded
-    new_sources = list(new_sources)
-    allow_sources = [allowed_prefix(p) for p in allow_sources]
-    policy = repo._policy(dataset if parent is not None else None, [*allow_sources, *new_sources])
+            check_metadata(key, ref.data)
+
+
+def _check_sources(
+    repo: Repository,
+    dataset: str,
+    parent: Snapshot | None,
+    changeset: ChangeSet,
+    allow_sources: Iterable[str],
+    new_sources: Iterable[str],
+) -> list[str]:
+    """Refuse virtual references outside the allowed sources; return the sources to record."""
+    new = list(new_sources)
+    allowed = [allowed_prefix(p) for p in allow_sources]
+    sources = [*allowed, *new]
+    policy = repo._policy(dataset if parent is not None else None, sources)
     checked: set[str] = set()  # a kerchunk import points its 10^6 chunks into a few files
     for key, ref in changeset.virtual_refs():
         if ref.url not in checked:
             policy.check(key, ref.url)
             checked.add(ref.url)
+    return sources
 
-    written = repo.objects.put_many(changeset.objects)
-    result = ManifestWriter(base).write(changeset.changes, changeset.sections)
-    ops, summary = _summarize(base, changeset.changes)
+
+def _summarize(
+    base: Manifest, changeset: ChangeSet, objects_put: PutResult, manifest_written: WriteResult
+) -> tuple[dict[str, str], dict[str, int]]:
+    """The change rows (key -> A, M or D) and the snapshot's summary of changes and writes."""
+    ops, summary = _count_changes(base, changeset.changes)
     summary["chunks_added"] += sum(s.count for infos in changeset.sections.values() for s in infos)
     staged_objects, staged_bytes = changeset.staged_written
     bulk_shards, bulk_bytes = changeset.sections_written
     summary["bytes_written"] = (
-        written.bytes_written + result.bytes_written + staged_bytes + bulk_bytes
+        objects_put.bytes_written + manifest_written.bytes_written + staged_bytes + bulk_bytes
     )
-    summary["objects_written"] = written.written + staged_objects
-    summary["shards_written"] = result.shards_written + bulk_shards
-    row = {
-        "manifest": result.manifest.digest or "",
-        "parents": [parent.id, *merged_parents] if parent else [],
-        "branch": branch,
-        "author": author or repo.default_author(),
-        "message": message,
-        "snapref_version": __version__,
-        "properties": dict(properties or {}),
-        "summary": summary,
-    }
-    if parent is None:
-        check_new_dataset(dataset, branch)
-        # a dataset's first version added every key of its manifest: no rows needed
-        # (Repository.changes derives them), which keeps big imports fast
-        return repo.db.create_dataset(
-            dataset, row, {}, sources=[*allow_sources, *new_sources], description=description
-        )
-    return repo.db.commit(
-        dataset, branch, parent.id, row, ops, sources=[*allow_sources, *new_sources], action=action
-    )
+    summary["objects_written"] = objects_put.written + staged_objects
+    summary["shards_written"] = manifest_written.shards_written + bulk_shards
+    return ops, summary
 
 
-def _summarize(
+def _count_changes(
     base: Manifest, changes: Mapping[str, Ref | None]
 ) -> tuple[dict[str, str], dict[str, int]]:
+    """Each changed key's op against ``base``, and the counts of chunk and metadata changes."""
     ops: dict[str, str] = {}
     counts = {"chunks_added": 0, "chunks_modified": 0, "chunks_removed": 0, "metadata_changed": 0}
     if base.is_empty:  # nothing to look up (an import: 10^6 keys)
@@ -362,6 +390,54 @@ def _summarize(
         else:
             counts[{"A": "chunks_added", "M": "chunks_modified", "D": "chunks_removed"}[op]] += 1
     return ops, counts
+
+
+def _snapshot_row(
+    repo: Repository,
+    branch: str,
+    parent: Snapshot | None,
+    merged_parents: Sequence[str],
+    manifest_written: WriteResult,
+    summary: dict[str, int],
+    *,
+    message: str,
+    author: str | None,
+    properties: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The new version's snapshot row, as the catalog records it."""
+    from snapref import __version__
+
+    return {
+        "manifest": manifest_written.manifest.digest or "",
+        "parents": [parent.id, *merged_parents] if parent else [],
+        "branch": branch,
+        "author": author or repo.default_author(),
+        "message": message,
+        "snapref_version": __version__,
+        "properties": dict(properties or {}),
+        "summary": summary,
+    }
+
+
+def _record(
+    repo: Repository,
+    dataset: str,
+    branch: str,
+    parent: Snapshot | None,
+    row: dict[str, Any],
+    ops: dict[str, str],
+    sources: list[str],
+    *,
+    action: str,
+    description: str,
+) -> Snapshot:
+    """The one catalog transaction: create the dataset, or compare-and-swap ``branch``'s head."""
+    if parent is None:
+        check_new_dataset(dataset, branch)
+        # a dataset's first version added every key of its manifest: no rows needed
+        # (Repository.changes derives them), which keeps big imports fast
+        return repo.db.create_dataset(dataset, row, {}, sources=sources, description=description)
+    return repo.db.commit(dataset, branch, parent.id, row, ops, sources=sources, action=action)
 
 
 #: How long ``commit`` with ``rebase=True`` keeps replaying onto a branch that other

@@ -539,6 +539,10 @@ class Catalog(Lookups):
         ``expected_parent`` — all in one transaction. ``action`` is what the ref log
         records (``commit``, ``merge``, ``revert``).
 
+        Each try is :meth:`_commit_once`. A try that lost a race to another writer for
+        the version number (or, on duckdb, for its optimistic transaction) is retried
+        after a short random wait, up to ``_COMMIT_TRIES`` times.
+
         Raises
         ------
         ConflictError
@@ -549,53 +553,11 @@ class Catalog(Lookups):
             if attempt:
                 time.sleep(random.uniform(0, 0.01 * attempt))  # let the other writer finish
             try:
-                with self._write() as conn:
-                    if conn.dialect.name == "postgresql":
-                        # writers of one dataset take turns for its next version number
-                        # (SQLite's writers already do: BEGIN IMMEDIATE); without it,
-                        # six processes committing to six branches ran out of retries
-                        conn.execute(
-                            sa.select(t.datasets.c.name)
-                            .where(t.datasets.c.name == dataset)
-                            # FOR NO KEY UPDATE: a reset's ref_log insert takes KEY SHARE
-                            # on this row for its foreign key, which FOR UPDATE blocks
-                            # (a reset and a commit then deadlocked)
-                            .with_for_update(key_share=True)
-                        )
-                    version = (
-                        conn.execute(
-                            sa.select(sa.func.max(t.snapshots.c.version)).where(
-                                t.snapshots.c.dataset == dataset
-                            )
-                        ).scalar_one()
-                        or 0
-                    ) + 1
-                    row = self._insert_snapshot(conn, dataset, version, snapshot, changes)
-                    if not _swap_head(conn, dataset, branch, expected_parent, row["id"]):
-                        raise _Moved()
-                    self._add_sources(conn, dataset, sources)
-                    self._log_ref(
-                        conn,
-                        dataset,
-                        branch,
-                        action,
-                        expected_parent,
-                        row["id"],
-                        snapshot["author"],
-                        snapshot["message"] if action != "commit" else None,
-                        timestamp=row["timestamp"],
-                    )
-                return self.snapshot(row["id"])
+                return self._commit_once(
+                    dataset, branch, expected_parent, snapshot, changes, sources, action
+                )
             except _Moved:
-                head = self.branch(dataset, branch, committing=True)
-                raise ConflictError(
-                    f"Branch {branch!r} of dataset {dataset!r} moved while you worked: it "
-                    f"points at {head.snapshot_id[:12]}, not at "
-                    f"{expected_parent[:12]} where your changes started. Nothing was "
-                    "committed. Start again from the new head (a new transaction, or "
-                    "'snapref checkout') and re-apply your changes, or commit them to a "
-                    "new branch."
-                ) from None
+                raise self._moved(dataset, branch, expected_parent) from None
             except SQLIntegrityError as exc:
                 # another branch took the same version number (count again), unless a
                 # parent is not in this catalog at all: then no retry can help
@@ -614,6 +576,48 @@ class Catalog(Lookups):
             f"Could not allocate a version number for dataset {dataset!r} after "
             f"{_COMMIT_TRIES} tries; "
             f"too many concurrent commits ({last}). Try again."
+        )
+
+    def _commit_once(
+        self,
+        dataset: str,
+        branch: str,
+        expected_parent: str,
+        snapshot: Mapping[str, Any],
+        changes: Mapping[str, str],
+        sources: Sequence[str],
+        action: str,
+    ) -> Snapshot:
+        """One try of :meth:`commit`, one SQL transaction; raises _Moved if the branch moved."""
+        with self._write() as conn:
+            version = _next_version(conn, dataset)
+            row = self._insert_snapshot(conn, dataset, version, snapshot, changes)
+            if not _swap_head(conn, dataset, branch, expected_parent, row["id"]):
+                raise _Moved()
+            self._add_sources(conn, dataset, sources)
+            self._log_ref(
+                conn,
+                dataset,
+                branch,
+                action,
+                expected_parent,
+                row["id"],
+                snapshot["author"],
+                snapshot["message"] if action != "commit" else None,
+                timestamp=row["timestamp"],
+            )
+        return self.snapshot(row["id"])
+
+    def _moved(self, dataset: str, branch: str, expected_parent: str) -> ConflictError:
+        """The error of a lost compare-and-swap, naming the branch's new head."""
+        head = self.branch(dataset, branch, committing=True)
+        return ConflictError(
+            f"Branch {branch!r} of dataset {dataset!r} moved while you worked: it "
+            f"points at {head.snapshot_id[:12]}, not at "
+            f"{expected_parent[:12]} where your changes started. Nothing was "
+            "committed. Start again from the new head (a new transaction, or "
+            "'snapref checkout') and re-apply your changes, or commit them to a "
+            "new branch."
         )
 
     def _check_parents_exist(self, dataset: str, parents: Iterable[str]) -> None:
@@ -670,6 +674,26 @@ class Catalog(Lookups):
                 [{"snapshot_id": row["id"], "key": k, "op": op} for k, op in changes.items()],
             )
         return row
+
+
+def _next_version(conn: Connection, dataset: str) -> int:
+    """The dataset's next version number: one more than its highest so far."""
+    if conn.dialect.name == "postgresql":
+        # writers of one dataset take turns for its next version number (SQLite's
+        # writers already do: BEGIN IMMEDIATE); without it, six processes committing
+        # to six branches ran out of retries
+        conn.execute(
+            sa.select(t.datasets.c.name)
+            .where(t.datasets.c.name == dataset)
+            # FOR NO KEY UPDATE: a reset's ref_log insert takes KEY SHARE on this row
+            # for its foreign key, which FOR UPDATE blocks (a reset and a commit then
+            # deadlocked)
+            .with_for_update(key_share=True)
+        )
+    highest = conn.execute(
+        sa.select(sa.func.max(t.snapshots.c.version)).where(t.snapshots.c.dataset == dataset)
+    ).scalar_one()
+    return (highest or 0) + 1
 
 
 def _swap_head(conn: Connection, dataset: str, branch: str, expected: str, new: str) -> bool:
