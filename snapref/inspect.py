@@ -23,10 +23,6 @@ entries         view: ``manifests`` joined with ``shard_entries``: every key of 
 
 from __future__ import annotations
 
-import datetime
-import decimal
-import json
-import math
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -34,14 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from snapref.catalog import BRANCH
-from snapref.catalog.records import printable
 from snapref.errors import InvalidInputError
 from snapref.manifest import read_shard_table
 
 if TYPE_CHECKING:
     from snapref.repository import Repository, VersionSpec
 
-__all__ = ["TABLES", "Inspector", "json_value", "rows_as_json", "rows_as_text", "text_value"]
+__all__ = ["TABLES", "Inspector"]
 
 TABLES = (
     "datasets",
@@ -54,8 +49,132 @@ TABLES = (
     "shard_entries",
     "entries",
 )
+
+# -- the tables' columns ---------------------------------------------------------------
+
 _TS = pa.timestamp("us", tz="UTC")
+
+#: one key of a manifest shard, as the tables show it (kind as text, not the shard's code)
+_ENTRY_FIELDS = [
+    ("key", pa.string()),
+    ("kind", pa.string()),  # inline, object or virtual
+    ("digest", pa.string()),  # objects
+    ("url", pa.string()),  # virtual
+    ("offset", pa.int64()),  # virtual
+    ("length", pa.int64()),  # virtual; the size for inline and objects
+]
+
+#: The columns of every table, in order: each Inspector method returns its table with
+#: the schema of its name. (``entries`` is the method's table, one version's keys; the
+#: table ``entries`` of SQL is the view :data:`_ENTRIES_VIEW`.)
+_SCHEMAS: dict[str, pa.Schema] = {
+    "datasets": pa.schema(
+        [
+            ("name", pa.string()),
+            ("description", pa.string()),
+            ("created_at", _TS),
+            ("versions", pa.int64()),
+            ("head_version", pa.int64()),  # of main
+            ("head_id", pa.string()),
+        ]
+    ),
+    "snapshots": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("version", pa.int64()),
+            ("snapshot_id", pa.string()),
+            ("parent_id", pa.string()),
+            ("parents", pa.list_(pa.string())),
+            ("branch", pa.string()),
+            ("timestamp", _TS),
+            ("author", pa.string()),
+            ("message", pa.string()),
+            ("properties", pa.string()),  # JSON
+            ("chunks_added", pa.int64()),
+            ("chunks_modified", pa.int64()),
+            ("chunks_removed", pa.int64()),
+            ("metadata_changed", pa.int64()),
+            ("bytes_written", pa.int64()),
+            ("manifest", pa.string()),
+        ]
+    ),
+    "refs": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("name", pa.string()),
+            ("kind", pa.string()),  # branch or tag
+            ("snapshot_id", pa.string()),
+            ("version", pa.int64()),
+        ]
+    ),
+    "history": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("branch", pa.string()),
+            ("made_current_at", _TS),
+            ("snapshot_id", pa.string()),
+            ("version", pa.int64()),
+            ("action", pa.string()),
+            ("is_current_ancestor", pa.bool_()),
+        ]
+    ),
+    "audit": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("ref", pa.string()),
+            ("action", pa.string()),
+            ("old_snapshot", pa.string()),
+            ("old_version", pa.int64()),
+            ("new_snapshot", pa.string()),
+            ("new_version", pa.int64()),
+            ("timestamp", _TS),
+            ("author", pa.string()),
+            ("message", pa.string()),
+        ]
+    ),
+    "changes": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("version", pa.int64()),
+            ("snapshot_id", pa.string()),
+            ("key", pa.string()),
+            ("op", pa.string()),  # A, M or D
+        ]
+    ),
+    "manifests": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("version", pa.int64()),
+            ("snapshot_id", pa.string()),
+            ("section", pa.string()),
+            ("shard", pa.string()),  # the shard's digest
+            ("entries", pa.int64()),
+            ("first_key", pa.string()),
+            ("last_key", pa.string()),
+        ]
+    ),
+    "shard_entries": pa.schema([("shard", pa.string()), *_ENTRY_FIELDS]),
+    "entries": pa.schema(_ENTRY_FIELDS),
+}
+
+#: SQL's ``entries``: every key of every version (``manifests`` joined with
+#: ``shard_entries``)
+_ENTRIES_VIEW = (
+    "CREATE VIEW entries AS SELECT m.dataset, m.version, m.snapshot_id, "
+    'e.key, e.kind, e.digest, e.url, e."offset", e.length '
+    "FROM manifests m JOIN shard_entries e ON e.shard = m.shard"
+)
+
+#: the text of a shard's kind codes (manifest.KIND_INLINE, KIND_OBJECT, KIND_VIRTUAL)
 _KINDS = pa.array(["inline", "object", "virtual"])
+
+
+def _table(name: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Table ``name`` of these rows, with its schema from :data:`_SCHEMAS`."""
+    return pa.Table.from_pylist(rows, schema=_SCHEMAS[name])
+
+
+# -- the tables ------------------------------------------------------------------------
 
 
 class Inspector:
@@ -89,17 +208,7 @@ class Inspector:
                     "head_id": head.id,
                 }
             )
-        schema = pa.schema(
-            [
-                ("name", pa.string()),
-                ("description", pa.string()),
-                ("created_at", _TS),
-                ("versions", pa.int64()),
-                ("head_version", pa.int64()),
-                ("head_id", pa.string()),
-            ]
-        )
-        return pa.Table.from_pylist(rows, schema=schema)
+        return _table("datasets", rows)
 
     def snapshots(self, dataset: str | None = None) -> pa.Table:
         """One row per version: dataset, version, snapshot_id, parent_id, parents,
@@ -130,27 +239,7 @@ class Inspector:
                     "manifest": s.manifest,
                 }
             )
-        schema = pa.schema(
-            [
-                ("dataset", pa.string()),
-                ("version", pa.int64()),
-                ("snapshot_id", pa.string()),
-                ("parent_id", pa.string()),
-                ("parents", pa.list_(pa.string())),
-                ("branch", pa.string()),
-                ("timestamp", _TS),
-                ("author", pa.string()),
-                ("message", pa.string()),
-                ("properties", pa.string()),
-                ("chunks_added", pa.int64()),
-                ("chunks_modified", pa.int64()),
-                ("chunks_removed", pa.int64()),
-                ("metadata_changed", pa.int64()),
-                ("bytes_written", pa.int64()),
-                ("manifest", pa.string()),
-            ]
-        )
-        return pa.Table.from_pylist(rows, schema=schema)
+        return _table("snapshots", rows)
 
     def refs(self) -> pa.Table:
         """dataset, name, kind (branch/tag), snapshot_id, version."""
@@ -167,16 +256,7 @@ class Inspector:
                         "version": nodes[r.snapshot_id][0],
                     }
                 )
-        schema = pa.schema(
-            [
-                ("dataset", pa.string()),
-                ("name", pa.string()),
-                ("kind", pa.string()),
-                ("snapshot_id", pa.string()),
-                ("version", pa.int64()),
-            ]
-        )
-        return pa.Table.from_pylist(rows, schema=schema)
+        return _table("refs", rows)
 
     def audit(self) -> pa.Table:
         """Every ref change, oldest first: dataset, ref, action, old/new snapshot id
@@ -200,21 +280,7 @@ class Inspector:
                     "message": e.message,
                 }
             )
-        schema = pa.schema(
-            [
-                ("dataset", pa.string()),
-                ("ref", pa.string()),
-                ("action", pa.string()),
-                ("old_snapshot", pa.string()),
-                ("old_version", pa.int64()),
-                ("new_snapshot", pa.string()),
-                ("new_version", pa.int64()),
-                ("timestamp", _TS),
-                ("author", pa.string()),
-                ("message", pa.string()),
-            ]
-        )
-        return pa.Table.from_pylist(rows, schema=schema)
+        return _table("audit", rows)
 
     def history(self) -> pa.Table:
         """Every time a branch head moved (commit, merge, revert, reset, create):
@@ -243,25 +309,13 @@ class Inspector:
                     "is_current_ancestor": r["new_snapshot"] in heads[key],
                 }
             )
-        schema = pa.schema(
-            [
-                ("dataset", pa.string()),
-                ("branch", pa.string()),
-                ("made_current_at", _TS),
-                ("snapshot_id", pa.string()),
-                ("version", pa.int64()),
-                ("action", pa.string()),
-                ("is_current_ancestor", pa.bool_()),
-            ]
-        )
-        return pa.Table.from_pylist(rows, schema=schema)
+        return _table("history", rows)
 
     def changes(self, dataset: str | None = None) -> pa.Table:
         """dataset, version, snapshot_id, key, op (A/M/D) for every version; a
         dataset's first version added all of its keys."""
-        cols: dict[str, list[Any]] = {
-            k: [] for k in ("dataset", "version", "snapshot_id", "key", "op")
-        }
+        schema = _SCHEMAS["changes"]
+        cols: dict[str, list[Any]] = {k: [] for k in schema.names}
         for s in self._snaps(dataset):
             ch = self.repo.changes(s)
             n = len(ch)
@@ -270,18 +324,7 @@ class Inspector:
             cols["snapshot_id"] += [s.id] * n
             cols["key"] += list(ch)
             cols["op"] += list(ch.values())
-        return pa.table(
-            cols,
-            schema=pa.schema(
-                [
-                    ("dataset", pa.string()),
-                    ("version", pa.int64()),
-                    ("snapshot_id", pa.string()),
-                    ("key", pa.string()),
-                    ("op", pa.string()),
-                ]
-            ),
-        )
+        return pa.table(cols, schema=schema)
 
     def manifests(self, dataset: str | None = None) -> pa.Table:
         """The shards of every version: dataset, version, snapshot_id, section, shard
@@ -303,25 +346,11 @@ class Inspector:
                             "last_key": info.last,
                         }
                     )
-        schema = pa.schema(
-            [
-                ("dataset", pa.string()),
-                ("version", pa.int64()),
-                ("snapshot_id", pa.string()),
-                ("section", pa.string()),
-                ("shard", pa.string()),
-                ("entries", pa.int64()),
-                ("first_key", pa.string()),
-                ("last_key", pa.string()),
-            ]
-        )
-        return pa.Table.from_pylist(rows, schema=schema)
+        return _table("manifests", rows)
 
     def _shard_table(self, digest: str) -> pa.Table:
         shards = self.repo.warehouse.shards
-        table = read_shard_table(
-            shards.get(digest), ["key", "kind", "digest", "url", "offset", "length"]
-        )
+        table = read_shard_table(shards.get(digest), _SCHEMAS["entries"].names)
         kinds = pc.take(_KINDS, table.column("kind").cast(pa.int32()))
         table = table.set_column(1, "kind", kinds)
         url = table.column("url")
@@ -343,7 +372,7 @@ class Inspector:
             for info in infos
         ]
         if not parts:
-            return _empty_entries()
+            return _table("entries", [])
         return pa.concat_tables(parts)
 
     def shard_entries(self) -> pa.Table:
@@ -355,8 +384,7 @@ class Inspector:
             t = self._shard_table(digest)
             parts.append(t.add_column(0, "shard", pa.array([digest] * len(t), pa.string())))
         if not parts:
-            e = _empty_entries()
-            return e.add_column(0, "shard", pa.array([], pa.string()))
+            return _table("shard_entries", [])
         return pa.concat_tables(parts)
 
     def query(self, sql: str) -> pa.Table:
@@ -421,11 +449,7 @@ class Inspector:
                     continue
                 con.register(name, getattr(self, name)())
             if "entries" in needed:
-                con.execute(
-                    "CREATE VIEW entries AS SELECT m.dataset, m.version, m.snapshot_id, "
-                    'e.key, e.kind, e.digest, e.url, e."offset", e.length '
-                    "FROM manifests m JOIN shard_entries e ON e.shard = m.shard"
-                )
+                con.execute(_ENTRIES_VIEW)
             # From here on the query sees the registered tables and nothing else: no
             # files, URLs, databases, extensions or Python objects, and no SET undoes it.
             con.execute("SET enable_external_access = false")
@@ -464,168 +488,3 @@ def _query_error(exc: Exception, sql: str) -> str:
     if isinstance(exc, duckdb.CatalogException) and "Table with name" in message:
         message += f" (the metadata tables are {', '.join(TABLES)})"
     return f"Query failed: {message}; query: {_shorten(sql)}"
-
-
-def _empty_entries() -> pa.Table:
-    return pa.table(
-        {
-            "key": pa.array([], pa.string()),
-            "kind": pa.array([], pa.string()),
-            "digest": pa.array([], pa.string()),
-            "url": pa.array([], pa.string()),
-            "offset": pa.array([], pa.int64()),
-            "length": pa.array([], pa.int64()),
-        }
-    )
-
-
-def rows_as_text(table: pa.Table) -> list[str]:
-    """A query result as aligned text lines (for the CLI): a header, a rule, one line
-    per row. Cells are shown as by :func:`text_value`, with line breaks, tabs and
-    other control characters written as escapes (``\\n``, ``\\t``, ``\\x1b``: see
-    :func:`~snapref.catalog.records.printable`) so that every row stays one line."""
-    names = table.column_names
-    columns = [
-        [_one_line(text_value(v)) for v in _column_values(table, i)] for i in range(len(names))
-    ]
-    widths = [max([len(n), *(len(c) for c in col)]) for n, col in zip(names, columns, strict=True)]
-    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in zip(*columns, strict=True):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return lines
-
-
-def _one_line(text: str) -> str:
-    return printable(text)
-
-
-def rows_as_json(table: pa.Table) -> list[dict[str, Any]]:
-    """A query result as JSON-ready rows (for ``--json``), values as by
-    :func:`json_value`. A repeated column name gets ``_1``, ``_2``... so that no
-    value is lost."""
-    names: list[str] = []
-    for name in table.column_names:
-        unique, n = name, 0
-        while unique in names:
-            n += 1
-            unique = f"{name}_{n}"
-        names.append(unique)
-    columns = [[json_value(v) for v in _column_values(table, i)] for i in range(len(names))]
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
-
-
-def _column_values(table: pa.Table, index: int) -> list[Any]:
-    """The Python values of one column, maps as dicts."""
-    column = table.column(index)
-    try:
-        return column.to_pylist(maps_as_pydicts="lossy")
-    except (OverflowError, ValueError, pa.ArrowException):
-        return [_scalar_value(s, table.column_names[index]) for s in column]
-
-
-def _scalar_value(scalar: pa.Scalar, name: str) -> Any:
-    """One value that may not fit Python: DuckDB's ``infinity`` and ``-infinity``
-    timestamps and dates as that text, others Python cannot hold (dates before year
-    1, after 9999) as Arrow's text of them."""
-    try:
-        return scalar.as_py(maps_as_pydicts="lossy")
-    except (OverflowError, ValueError, pa.ArrowException) as exc:
-        if isinstance(scalar, (pa.TimestampScalar, pa.Date32Scalar)):
-            top = 2**63 - 1 if isinstance(scalar, pa.TimestampScalar) else 2**31 - 1
-            if scalar.value in (top, -top):
-                return "infinity" if scalar.value > 0 else "-infinity"
-        try:
-            return pa.array([scalar]).cast(pa.string())[0].as_py()
-        except (ValueError, pa.ArrowException):
-            raise InvalidInputError(
-                f"Cannot show a value of column {name!r} ({scalar.type}): {exc}; "
-                "cast it to VARCHAR in the query"
-            ) from exc
-
-
-def json_value(value: Any) -> Any:
-    """A query value as JSON: numbers and text as they are; NaN and infinities as
-    null; decimals as numbers (exact integers when the scale is 0, else the nearest
-    double); times as in :func:`text_value`; bytes as lowercase hex; lists as
-    arrays; structs and maps as objects (map keys as text)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            return None
-        exponent = value.as_tuple().exponent
-        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
-    if isinstance(value, dict):
-        return {_key_text(k): json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and not isinstance(value, pa.MonthDayNano):
-        return [json_value(v) for v in value]
-    return text_value(value)
-
-
-def text_value(value: Any) -> str:
-    """A query value as text: null as the empty string; timestamps with a time zone
-    in UTC as ``2024-01-01T10:00:00.000000Z`` (like every snapref time), those
-    without as ``2024-01-01T10:00:00.000000``; dates and times in ISO 8601
-    (``2024-01-01``, ``10:00:00``); intervals as ISO 8601 durations (``P1M2DT3.5S``,
-    negative parts with a minus sign, as PostgreSQL's ``iso_8601`` style); bytes as
-    lowercase hex; NaN and infinities as ``nan``, ``inf``, ``-inf``; lists, structs
-    and maps as compact JSON (:func:`json_value`); anything else as ``str``."""
-    if value is None:
-        return ""
-    if isinstance(value, datetime.datetime):
-        return _datetime_text(value)
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, pa.MonthDayNano):
-        return _duration_text(value.months, value.days, value.nanoseconds)
-    if isinstance(value, datetime.timedelta):
-        micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
-        sign = -1 if micros < 0 else 1
-        days, rest = divmod(abs(micros), 86_400 * 1_000_000)
-        return _duration_text(0, sign * days, sign * rest * 1000)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).hex()
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(json_value(value), ensure_ascii=False)
-    return str(value)
-
-
-def _datetime_text(when: datetime.datetime) -> str:
-    zone = ""
-    if when.tzinfo is not None and when.utcoffset() is not None:
-        when, zone = when.astimezone(datetime.UTC), "Z"
-    text = (
-        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T"
-        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d}.{when.microsecond:06d}"
-    )
-    nanos = getattr(when, "nanosecond", 0)  # a pandas Timestamp of a timestamp_ns column
-    if nanos:
-        text += f"{nanos:03d}"
-    return text + zone
-
-
-def _duration_text(months: int, days: int, nanos: int) -> str:
-    """An interval as an ISO 8601 duration; each part keeps its own sign."""
-
-    def part(n: int, unit: str) -> str:
-        return f"{n}{unit}" if n else ""
-
-    years = int(months / 12)  # towards zero, so both parts keep the sign of months
-    date = part(years, "Y") + part(months - 12 * years, "M") + part(days, "D")
-    sign = "-" if nanos < 0 else ""
-    hours, rest = divmod(abs(nanos), 3_600 * 10**9)
-    minutes, rest = divmod(rest, 60 * 10**9)
-    seconds, fraction = divmod(rest, 10**9)
-    time = (f"{sign}{hours}H" if hours else "") + (f"{sign}{minutes}M" if minutes else "")
-    if seconds or fraction:
-        time += f"{sign}{seconds}" + (f".{fraction:09d}".rstrip("0") if fraction else "") + "S"
-    if not date and not time:
-        return "PT0S"
-    return "P" + date + ("T" + time if time else "")
-
-
-def _key_text(key: Any) -> str:
-    return key if isinstance(key, str) else text_value(key)

@@ -250,7 +250,7 @@ def strict_json(text: str) -> Any:
 
 
 def test_text_rows_stay_one_line_each(two: snapref.Repository) -> None:
-    from snapref.inspect import rows_as_json, rows_as_text
+    from snapref.cli._query_output import rows_as_json, rows_as_text
 
     table = two.inspect.query(
         "SELECT 'first line' || chr(10) || 'second' || chr(9) || 'x' AS m, 1 AS n"
@@ -260,7 +260,7 @@ def test_text_rows_stay_one_line_each(two: snapref.Repository) -> None:
 
 
 def test_json_and_text_of_every_column_type(two: snapref.Repository) -> None:
-    from snapref.inspect import rows_as_json, rows_as_text
+    from snapref.cli._query_output import rows_as_json, rows_as_text
 
     table = two.inspect.query(TYPES_SQL)
     assert rows_as_json(table) == [TYPES_JSON]

@@ -77,6 +77,15 @@ class Context:
             self._repo = snapref.connect(self.repo_url, self.storage_options, self.catalog)
         return self._repo
 
+    def options_for(self, url: str, source_options: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """fsspec options for a file outside the repository (a reference file, an
+        output, an ingest source): the command's ``--source-option`` values when given,
+        else the group's ``--storage-option`` for a remote ``url`` (one with ``://``),
+        else None."""
+        if source_options:
+            return parse_options(source_options, "--source-option")
+        return self.storage_options if "://" in url else None
+
 
 pass_ctx = click.make_pass_decorator(Context)
 

@@ -16,7 +16,6 @@ from snapref.cli._common import (
     handle_errors,
     json_option,
     pairs,
-    parse_options,
     pass_ctx,
     print_snapshot,
     prop_option,
@@ -36,11 +35,7 @@ def _catalog(
     if fmt == "intake":
         if not output:
             raise click.UsageError("--format intake needs -o/--output FILE.yaml")
-        doc = repo.to_intake(
-            output,
-            route=route,
-            storage_options=obj.storage_options if "://" in output else None,
-        )
+        doc = repo.to_intake(output, route=route, storage_options=obj.options_for(output))
         n = len(doc["sources"])
         click.echo(f"Wrote an Intake catalogue with {n} entries to {output}", err=as_json)
         if as_json:
@@ -249,13 +244,7 @@ def ingest(
         author=author,
         properties=pairs(props, "--prop"),
         description=description,
-        storage_options=(
-            parse_options(source_options, "--source-option")
-            if source_options
-            else obj.storage_options
-            if "://" in source
-            else None
-        ),
+        storage_options=obj.options_for(source, source_options),
         concurrency=concurrency,
     )
     if as_json:

@@ -96,7 +96,7 @@ def import_(
         author=author,
         properties=pairs(props, "--prop"),
         description=description,
-        storage_options=obj.storage_options if "://" in refs else None,
+        storage_options=obj.options_for(refs),
     )
     print_snapshot(snap, as_json, verb="Imported")
 
@@ -158,7 +158,7 @@ def checkout(
         name,
         version,
         output,
-        storage_options=obj.storage_options if "://" in output else None,
+        storage_options=obj.options_for(output),
         format=fmt,
         record_size=record_size,
         overwrite=force,
@@ -220,7 +220,7 @@ def commit(
             author=author,
             properties=pairs(props, "--prop"),
             allow_sources=allow_sources,
-            storage_options=obj.storage_options if "://" in refs else None,
+            storage_options=obj.options_for(refs),
         )
     for warning in caught:
         click.echo(f"Warning: {warning.message}", err=True)

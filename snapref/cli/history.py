@@ -348,7 +348,7 @@ def query(obj: Context, sql: str, as_json: bool) -> None:
         snapref query "SELECT version, op FROM changes WHERE dataset='air' AND key='temp/3.4'"
         snapref query "SELECT DISTINCT dataset, version FROM entries WHERE url LIKE '%air.h5'"
     """
-    from snapref.inspect import rows_as_json, rows_as_text
+    from snapref.cli._query_output import rows_as_json, rows_as_text
 
     table = obj.repo().inspect.query(sql)
     if as_json:
