@@ -33,7 +33,7 @@ from snapref.errors import (
     TransactionClosedError,
 )
 from snapref.keys import array_path_of, chunk_index, is_metadata_key, validate_key
-from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef
+from snapref.manifest import InlineRef, Manifest, ObjectRef, Ref, VirtualRef, array_section
 from snapref.objects import BytesLike, ContentStore, new_async_fs, wrapped_fs
 from snapref.refs import has_dot_segments
 
@@ -216,7 +216,7 @@ class StagedReferences(MutableMapping[str, Any]):
                 continue
             chunks: Iterator[str] = (
                 key
-                for key, _ in self.base.section_items(f"array:{array}")
+                for key, _ in self.base.section_items(array_section(array))
                 if key.startswith(prefix) and key not in self.staged
             )
             if one_per_array_below and folder != prefix and folder.startswith(prefix):

@@ -43,6 +43,8 @@ from snapref.manifest import (
     ObjectRef,
     Ref,
     VirtualRef,
+    array_of_section,
+    array_section,
     read_shard_table,
     ref_of,
     section_of,
@@ -375,11 +377,10 @@ def diff(repo: Repository, old: Snapshot, new: Snapshot) -> Diff:
             if fields:  # rewritten with the same content (e.g. other JSON spacing): no change
                 out.metadata[key] = fields
             continue
-        section = section_of(key, mb.arrays if after is not None else ma.arrays)
-        if section == "meta":
+        array = array_of_section(section_of(key, mb.arrays if after is not None else ma.arrays))
+        if array is None:
             out.other[key] = op
             continue
-        array = section[len("array:") :]
         entry = out.chunks.setdefault(array, ArrayChanges())
         {"A": entry.added, "M": entry.modified, "D": entry.removed}[op].append(key)
         chunk_ops.setdefault(array, []).append((op, key))
@@ -587,7 +588,7 @@ def blame(
         changes = repo.db.key_changes(snap.dataset, [key])
     else:
         keys = {}
-        for key, ref in manifest.section_items(f"array:{array}"):
+        for key, ref in manifest.section_items(array_section(array)):
             c = info.coords(key)
             if c is not None:
                 keys[key] = c

@@ -57,6 +57,8 @@ __all__ = [
     "Ref",
     "SectionWriter",
     "VirtualRef",
+    "array_of_section",
+    "array_section",
     "chunk_table",
     "read_shard_table",
 ]
@@ -67,6 +69,7 @@ MAX_SHARD_REFS = 5000
 
 MANIFEST_FORMAT = 1
 META = "meta"
+_ARRAY_PREFIX = "array:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,19 +336,27 @@ class _ShardCache:
 SHARD_CACHE = _ShardCache()
 
 
-# -- section ordering --------------------------------------------------------------
+# -- section names and ordering ------------------------------------------------------
+
+
+def array_section(array: str) -> str:
+    """Name of the section that holds the chunk references of ``array``."""
+    return f"{_ARRAY_PREFIX}{array}"
+
+
+def array_of_section(section: str) -> str | None:
+    """The array whose chunks ``section`` holds; None for :data:`META`."""
+    return section[len(_ARRAY_PREFIX) :] if section.startswith(_ARRAY_PREFIX) else None
 
 
 def _sort_key(section: str, key: str) -> tuple[Any, ...]:
     """Order of ``key`` within ``section``: grid coordinates for chunks, text otherwise."""
     if section == META:
         return ((), key)
-    coords = chunk_coords(section[len("array:") :], key)
+    # sliced here rather than by array_of_section: this runs for every row of a shard
+    # that gains keys
+    coords = chunk_coords(section[len(_ARRAY_PREFIX) :], key)
     return (coords or (), key)
-
-
-def _array_section(array: str) -> str:
-    return f"array:{array}"
 
 
 # -- manifests -------------------------------------------------------------------------
@@ -505,7 +516,7 @@ class Manifest(Mapping[str, Ref]):
 
     def array_count(self, array: str) -> int:
         """Number of chunk references of ``array``."""
-        return sum(s.count for s in self.sections.get(_array_section(array), []))
+        return sum(s.count for s in self.sections.get(array_section(array), []))
 
 
 def _manifest_doc(
@@ -570,7 +581,7 @@ class _Placer:
         path = folder
         while True:
             if path in self.arrays:
-                found.append((path, _array_section(path)))
+                found.append((path, array_section(path)))
             if not path:
                 return tuple(found)
             path = path.rpartition("/")[0]
@@ -586,6 +597,21 @@ class WriteResult:
     manifest: Manifest
     shards_written: int
     bytes_written: int
+
+
+def _cut_shards(
+    table: pa.Table, max_refs: int, out: dict[str, bytes]
+) -> Iterator[tuple[ShardInfo, pa.Table]]:
+    """Cut ``table``, rows in section order, into shards of at most ``max_refs`` rows:
+    each shard's parquet bytes go into ``out`` under their digest, and its info and
+    rows are yielded as it is made (the caller stores ``out``)."""
+    for start in range(0, table.num_rows, max_refs):
+        piece = table.slice(start, max_refs)
+        data = _encode(piece)
+        digest = content_hash(data)
+        out[digest] = data
+        keys = piece.column("key")
+        yield ShardInfo(digest, piece.num_rows, keys[0].as_py(), keys[-1].as_py()), piece
 
 
 class ManifestWriter:
@@ -614,7 +640,7 @@ class ManifestWriter:
         base = self.base
         arrays = _arrays_after(base, changes)
         for name in prebuilt or {}:
-            array = name[len("array:") :]
+            array = array_of_section(name)
             if array not in arrays or name in base.sections:
                 raise InvalidReferenceError(
                     f"Chunks of {array!r} were written in bulk, but {array!r} is not a new "
@@ -623,7 +649,7 @@ class ManifestWriter:
         by_section, sort_keys = _changes_by_section(base, arrays, changes)
         sections = {name: list(infos) for name, infos in base.sections.items()}
         for array in base.arrays - arrays:
-            sections.pop(_array_section(array), None)  # its entries were moved to other sections
+            sections.pop(array_section(array), None)  # its entries were moved to other sections
         new_shards: dict[str, bytes] = {}
         for name, section_changes in by_section.items():
             sections[name] = self._rewrite_section(
@@ -678,18 +704,11 @@ class ManifestWriter:
                 entries = [(k, r) for k, r in groups[i].items() if r is not None]
                 entries.sort(key=lambda kv: sort_key(kv[0]))
                 table = _table_of(entries)
-            pieces = range(0, table.num_rows, self.max_refs)
-            with progress.bar(len(pieces) if len(pieces) > 4 else 0, "Writing shards") as tick:
-                for start in pieces:
-                    piece = table.slice(start, self.max_refs)
-                    data = _encode(piece)
-                    digest = content_hash(data)
-                    out[digest] = data
-                    keys = piece.column("key")
-                    result.append(
-                        ShardInfo(digest, piece.num_rows, keys[0].as_py(), keys[-1].as_py())
-                    )
-                    SHARD_CACHE.put(digest, Shard(piece))
+            n_shards = len(range(0, table.num_rows, self.max_refs))
+            with progress.bar(n_shards if n_shards > 4 else 0, "Writing shards") as tick:
+                for info, piece in _cut_shards(table, self.max_refs, out):
+                    result.append(info)
+                    SHARD_CACHE.put(info.digest, Shard(piece))
                     tick(1)
         return result
 
@@ -704,7 +723,7 @@ class SectionWriter:
     """
 
     def __init__(self, warehouse: Warehouse, array: str, max_refs: int = MAX_SHARD_REFS) -> None:
-        self.section = _array_section(array)
+        self.section = array_section(array)
         self.max_refs = max_refs
         self._shards = warehouse.shards
         self._pending: list[pa.Table] = []
@@ -721,7 +740,7 @@ class SectionWriter:
         first = _sort_key(self.section, table.column("key")[0].as_py())
         if self._last is not None and first <= self._last:
             raise InvalidReferenceError(
-                f"Bulk chunk references of {self.section[len('array:') :]!r} are not in "
+                f"Bulk chunk references of {array_of_section(self.section)!r} are not in "
                 "chunk-grid order"
             )
         self._last = _sort_key(self.section, table.column("key")[-1].as_py())
@@ -741,13 +760,7 @@ class SectionWriter:
         table = pa.concat_tables(self._pending).combine_chunks()
         full = table.num_rows if final else table.num_rows - table.num_rows % self.max_refs
         out: dict[str, bytes] = {}
-        for start in range(0, full, self.max_refs):
-            piece = table.slice(start, min(self.max_refs, full - start))
-            data = _encode(piece)
-            digest = content_hash(data)
-            out[digest] = data
-            keys = piece.column("key")
-            self.infos.append(ShardInfo(digest, piece.num_rows, keys[0].as_py(), keys[-1].as_py()))
+        self.infos.extend(info for info, _ in _cut_shards(table.slice(0, full), self.max_refs, out))
         rest = table.slice(full)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
@@ -837,7 +850,7 @@ def _changes_by_section(
     for key, ref in changes.items():
         put(key, ref)
     for array in base.arrays - arrays:
-        for key, ref in base.section_items(_array_section(array)):
+        for key, ref in base.section_items(array_section(array)):
             if key not in changes:
                 put(key, ref)
     if arrays - base.arrays:
@@ -845,5 +858,5 @@ def _changes_by_section(
             if key not in changes and section_of(key, arrays) != META:
                 put(key, ref)
     # removed arrays' sections are dropped whole; no need to delete from them
-    removed = {_array_section(a) for a in base.arrays - arrays}
+    removed = {array_section(a) for a in base.arrays - arrays}
     return {name: ch for name, ch in out.items() if name not in removed}, sort_keys

@@ -21,7 +21,7 @@ from snapref.catalog import MAIN_BRANCH, Snapshot
 from snapref.errors import InvalidInputError, MergeConflictError
 from snapref.history import array_info, changed_entries
 from snapref.keys import array_path_of, canonical_json, is_metadata_key, node_path
-from snapref.manifest import InlineRef, Manifest, Ref, section_of
+from snapref.manifest import InlineRef, Manifest, Ref, array_of_section, section_of
 from snapref.transaction import ChangeSet, commit_changes
 
 if TYPE_CHECKING:
@@ -276,8 +276,7 @@ def _array_of(key: str, arrays: frozenset[str]) -> str | None:
     if is_metadata_key(key):
         path = node_path(key)
         return path if path in arrays else None
-    section = section_of(key, arrays)
-    return section.removeprefix("array:") if section.startswith("array:") else None
+    return array_of_section(section_of(key, arrays))
 
 
 #: fields of an array's metadata that do not change how its chunks are encoded: a

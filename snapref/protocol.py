@@ -51,7 +51,7 @@ from fsspec.utils import tokenize
 from snapref.catalog import Snapshot
 from snapref.errors import InvalidInputError
 from snapref.fs import SnapshotFileSystem, StagedReferences
-from snapref.manifest import Manifest, ShardInfo
+from snapref.manifest import META, Manifest, ShardInfo, array_section
 from snapref.repository import Repository, connect
 
 __all__ = ["SnaprefFileSystem", "parse_url"]
@@ -307,10 +307,10 @@ class SnaprefFileSystem(SnapshotFileSystem):
     async def _warm(self, path: str, whole_arrays_below: bool) -> None:
         base = self._staged.base
         prefix = f"{path}/" if path else ""
-        wanted: list[ShardInfo] = list(base.sections.get("meta", []))
+        wanted: list[ShardInfo] = list(base.sections.get(META, []))
         for array in base.arrays:
             folder = f"{array}/" if array else ""
-            infos = base.sections.get(f"array:{array}", [])
+            infos = base.sections.get(array_section(array), [])
             if folder == prefix or prefix.startswith(folder):
                 wanted.extend(infos)
             elif folder.startswith(prefix):

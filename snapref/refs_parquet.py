@@ -42,6 +42,7 @@ from snapref.manifest import (
     ObjectRef,
     SectionWriter,
     VirtualRef,
+    array_section,
     chunk_table,
 )
 from snapref.objects import content_hash
@@ -487,7 +488,7 @@ def write_parquet_references(
     total = sum(_n_records(g, record_size) for g in arrays.values())
     with progress.bar(total, "Writing parquet references") as tick:
         for array, grid in arrays.items():
-            entries = manifest.section_items(f"array:{array}")
+            entries = manifest.section_items(array_section(array))
             for number, table in _records(repo, array, grid, record_size, entries):
                 folder = f"{root}/{array}"
                 fs.makedirs(folder, exist_ok=True)
