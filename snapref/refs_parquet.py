@@ -24,6 +24,7 @@ import io
 import math
 import posixpath
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import fsspec
@@ -111,6 +112,39 @@ def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     return fs, path.rstrip("/")
 
 
+@dataclass(frozen=True)
+class _RefDir:
+    """A parquet reference set's folder and the record size of its ``.zmetadata``:
+    what the layout needs to find, read or write a record file."""
+
+    url: str  # as given: messages name it, and it tells a local folder from a remote one
+    fs: Any
+    root: str  # the folder's path on fs, without a trailing slash
+    record_size: int
+
+    @classmethod
+    def open(
+        cls, url: str, storage_options: Mapping[str, Any] | None
+    ) -> tuple[_RefDir, dict[str, Any]]:
+        """The parquet reference set at ``url``, and the metadata documents (decoded)
+        of its ``.zmetadata``, which is checked."""
+        fs, root = _fs(url, storage_options)
+        metadata, record_size = _read_zmetadata(fs, root, url)
+        return cls(url, fs, root, record_size), metadata
+
+    @property
+    def relative_to(self) -> str | None:
+        """What relative local paths in the records are relative to: the folder that
+        holds the set, as a JSON file's folder is (None for a remote set)."""
+        return None if "://" in self.url else posixpath.dirname(posixpath.abspath(self.root))
+
+    def record_path(self, array: str, number: int) -> str:
+        """Record file ``number`` of ``array``, in the array's folder (a root array's
+        are in the set's own folder)."""
+        folder = f"{self.root}/{array}" if array else self.root
+        return f"{folder}/refs.{number}.parq"
+
+
 def is_parquet_references(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     """True if ``url`` is a directory holding a parquet reference set (``.zmetadata``
     with a ``record_size``)."""
@@ -172,9 +206,7 @@ def load_parquet_references(
     InvalidReferenceError
         If ``.zmetadata`` or a record file is malformed.
     """
-    fs, root = _fs(url, storage_options)
-    metadata, record_size = _read_zmetadata(fs, root, url)
-    folder = None if "://" in url else posixpath.dirname(posixpath.abspath(root))
+    refdir, metadata = _RefDir.open(url, storage_options)
     out: dict[str, Parsed] = {}
     for key, value in metadata.items():
         if posixpath.basename(key) == ZMETADATA:
@@ -191,11 +223,13 @@ def load_parquet_references(
         out[key] = data
     arrays = _arrays(metadata)
     records = [
-        (a, grid, r) for a, grid in arrays.items() for r in range(_n_records(grid, record_size))
+        (a, grid, r)
+        for a, grid in arrays.items()
+        for r in range(_n_records(grid, refdir.record_size))
     ]
     with progress.bar(len(records), "Reading parquet references") as tick:
         for array, grid, record in records:
-            _read_record(fs, root, array, grid, record, record_size, folder, out)
+            _read_record(refdir, array, grid, record, out)
             tick(1)
     return out
 
@@ -213,9 +247,7 @@ def stream_parquet_import(
     from snapref.refs import source_prefix
     from snapref.transaction import ChangeSet
 
-    fs, root = _fs(url, storage_options)
-    metadata, record_size = _read_zmetadata(fs, root, url)
-    folder = None if "://" in url else posixpath.dirname(posixpath.abspath(root))
+    refdir, metadata = _RefDir.open(url, storage_options)
     changes = ChangeSet()
     for key, value in metadata.items():
         validate_key(key)
@@ -226,14 +258,12 @@ def stream_parquet_import(
     objects = (0, 0)
     shards = (0, 0)
     arrays = _arrays(metadata)
-    total = sum(_n_records(grid, record_size) for grid in arrays.values())
+    total = sum(_n_records(grid, refdir.record_size) for grid in arrays.values())
     with progress.bar(total, "Reading parquet references") as tick:
         for array, grid in sorted(arrays.items()):
             writer = SectionWriter(repo.warehouse, array)
-            for record in range(_n_records(grid, record_size)):
-                table, urls, written = _record_table(
-                    repo, fs, root, array, grid, record, record_size, folder
-                )
+            for record in range(_n_records(grid, refdir.record_size)):
+                table, urls, written = _record_table(repo, refdir, array, grid, record)
                 if table is not None:
                     writer.add(table)
                 sources.update(source_prefix(u) for u in urls)
@@ -265,22 +295,16 @@ def _read_zmetadata(fs: Any, root: str, url: str) -> tuple[dict[str, Any], int]:
 
 
 def _record_table(
-    repo: Repository,
-    fs: Any,
-    root: str,
-    array: str,
-    grid: tuple[int, ...],
-    record: int,
-    record_size: int,
-    folder: str | None,
+    repo: Repository, refdir: _RefDir, array: str, grid: tuple[int, ...], record: int
 ) -> tuple[pa.Table | None, set[str], tuple[int, int]]:
     """One record as a shard-schema table in chunk order, the URLs it references, and
     the (objects, bytes) its inline chunks added to the warehouse."""
-    rows = _record_rows(fs, root, array, grid, record, record_size)
+    rows = _record_rows(refdir, array, grid, record)
     if rows is None:
         return None, set(), (0, 0)
     names, paths, offsets, sizes, raws = rows
-    normalized = {u: normalize_url(u, folder) for u in set(paths) if u is not None}
+    relative_to = refdir.relative_to
+    normalized = {u: normalize_url(u, relative_to) for u in set(paths) if u is not None}
     inline = {i: (content_hash(r), bytes(r)) for i, r in enumerate(raws) if r is not None}
     put = repo.objects.put_many(dict(inline.values()))
     keys: list[str] = []
@@ -340,13 +364,13 @@ def _n_records(grid: tuple[int, ...], record_size: int) -> int:
 
 
 def _record_rows(
-    fs: Any, root: str, array: str, grid: tuple[int, ...], record: int, record_size: int
+    refdir: _RefDir, array: str, grid: tuple[int, ...], record: int
 ) -> tuple[list[str], list[Any], list[Any], list[Any], list[Any]] | None:
     """The keys of one record file in chunk order, with its path, offset, size and raw
     columns; None for a missing record (fsspec reads those as missing chunks)."""
-    path = f"{root}/{array}/refs.{record}.parq" if array else f"{root}/refs.{record}.parq"
+    path = refdir.record_path(array, record)
     try:
-        data = fs.cat_file(path)
+        data = refdir.fs.cat_file(path)
     except FileNotFoundError:
         return None  # fsspec writes no file for a record that holds no chunk
     except IsADirectoryError:
@@ -361,7 +385,7 @@ def _record_rows(
             f"{path} lacks the column(s) {', '.join(map(repr, missing))}: a record file of "
             "a parquet reference set has the columns path, offset, size and raw"
         )
-    start = record * record_size
+    start = record * refdir.record_size
     stop = min(start + table.num_rows, math.prod(grid))
     if stop <= start:
         return None
@@ -387,23 +411,17 @@ def _record_rows(
 
 
 def _read_record(
-    fs: Any,
-    root: str,
-    array: str,
-    grid: tuple[int, ...],
-    record: int,
-    record_size: int,
-    folder: str | None,
-    out: dict[str, Parsed],
+    refdir: _RefDir, array: str, grid: tuple[int, ...], record: int, out: dict[str, Parsed]
 ) -> None:
-    rows = _record_rows(fs, root, array, grid, record, record_size)
+    rows = _record_rows(refdir, array, grid, record)
     if rows is None:
         return
+    relative_to = refdir.relative_to
     for key, url, offset, size, raw in zip(*rows, strict=True):
         if raw is not None:
             out[key] = bytes(raw)
         elif url is not None:
-            full = normalize_url(url, folder)
+            full = normalize_url(url, relative_to)
             offset, size = offset or 0, size or 0
             if offset == 0 and size == 0:
                 out[key] = VirtualRef(full)
@@ -477,6 +495,7 @@ def write_parquet_references(
         arrays[array] = _grid(array, zarray)
 
     fs, root = _fs(url, storage_options)
+    refdir = _RefDir(url, fs, root, record_size)
     if fs.exists(root):
         if not is_parquet_references(url, storage_options):
             # never delete a folder we did not write
@@ -490,11 +509,11 @@ def write_parquet_references(
         for array, grid in arrays.items():
             entries = manifest.section_items(array_section(array))
             for number, table in _records(repo, array, grid, record_size, entries):
-                folder = f"{root}/{array}"
-                fs.makedirs(folder, exist_ok=True)
+                path = refdir.record_path(array, number)
+                fs.makedirs(posixpath.dirname(path), exist_ok=True)
                 buf = io.BytesIO()
                 pq.write_table(table, buf, compression="zstd", write_statistics=False)
-                fs.pipe_file(f"{folder}/refs.{number}.parq", buf.getvalue())
+                fs.pipe_file(path, buf.getvalue())
                 tick(1)
     doc = {"metadata": metadata, "record_size": record_size}
     fs.pipe_file(f"{root}/{ZMETADATA}", ujson.dumps(doc, escape_forward_slashes=False).encode())

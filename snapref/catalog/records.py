@@ -116,6 +116,16 @@ LOG_COLUMNS = ("log_entry",)
 #: The other columns of a snapshot row; a log reads them only when one entry needs them.
 REST_COLUMNS = ("dataset", "manifest", "snapref_version", "properties", "summary")
 
+# Where a Snapshot finds each column in its two tuples, looked up by name once, here:
+# a column added to SHOWN_COLUMNS or REST_COLUMNS shifts no other column's reads (a
+# log entry decodes to the SHOWN_COLUMNS order too: see log_entry).
+_ID, _PARENTS, _VERSION, _BRANCH, _TIMESTAMP, _AUTHOR, _MESSAGE = map(
+    SHOWN_COLUMNS.index, ("id", "parents", "version", "branch", "timestamp", "author", "message")
+)
+_DATASET, _MANIFEST, _SNAPREF_VERSION, _PROPERTIES, _SUMMARY = map(
+    REST_COLUMNS.index, ("dataset", "manifest", "snapref_version", "properties", "summary")
+)
+
 _NO_PARENT = " " * 32
 
 
@@ -206,36 +216,38 @@ class Snapshot:
     def id(self) -> str:
         """Unique id (32 hex digits)."""
         shown = self._shown
-        return shown[:32] if isinstance(shown, str) else shown[0]
+        return shown[:32] if isinstance(shown, str) else shown[_ID]
 
-    version = property(lambda self: int(self._fields()[2]), doc="1, 2, 3... per dataset.")
-    branch = property(lambda self: self._fields()[3], doc="Branch it was committed to.")
-    author = property(lambda self: self._fields()[5])
-    message = property(lambda self: self._fields()[6])
-    dataset = property(lambda self: self._rest_columns()[0], doc="Name of the dataset.")
-    manifest = property(lambda self: self._rest_columns()[1], doc="Digest of the manifest list.")
-    snapref_version = property(lambda self: self._rest_columns()[2])
+    version = property(lambda self: int(self._fields()[_VERSION]), doc="1, 2, 3... per dataset.")
+    branch = property(lambda self: self._fields()[_BRANCH], doc="Branch it was committed to.")
+    author = property(lambda self: self._fields()[_AUTHOR])
+    message = property(lambda self: self._fields()[_MESSAGE])
+    dataset = property(lambda self: self._rest_columns()[_DATASET], doc="Name of the dataset.")
+    manifest = property(
+        lambda self: self._rest_columns()[_MANIFEST], doc="Digest of the manifest list."
+    )
+    snapref_version = property(lambda self: self._rest_columns()[_SNAPREF_VERSION])
 
     @property
     def parents(self) -> tuple[str, ...]:
         """Ids of the parent snapshots (two for a merge, none for the first)."""
-        parents = self._fields()[1]  # JSON text from the column, a list from a log entry
+        parents = self._fields()[_PARENTS]  # JSON text from the column, a list from a log entry
         return tuple(self._json("parents", parents) if isinstance(parents, str) else parents)
 
     @property
     def timestamp(self) -> datetime:
         """When it was committed (UTC)."""
-        return datetime.fromisoformat(self._fields()[4])
+        return datetime.fromisoformat(self._fields()[_TIMESTAMP])
 
     @property
     def properties(self) -> dict[str, Any]:
         """User properties recorded with the commit."""
-        return dict(self._json("properties", self._rest_columns()[3]))
+        return dict(self._json("properties", self._rest_columns()[_PROPERTIES]))
 
     @property
     def summary(self) -> dict[str, int]:
         """chunks_added, chunks_modified, chunks_removed, bytes_written, ..."""
-        return dict(self._json("summary", self._rest_columns()[4]))
+        return dict(self._json("summary", self._rest_columns()[_SUMMARY]))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Snapshot) and other.id == self.id
@@ -258,7 +270,7 @@ class Snapshot:
             "version": self.version,
             "id": self.id,
             "dataset": self.dataset,
-            "timestamp": self._fields()[4],
+            "timestamp": self._fields()[_TIMESTAMP],
             "author": self.author,
             "message": self.message,
             "parents": list(self.parents),
