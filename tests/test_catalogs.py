@@ -496,6 +496,17 @@ def test_a_repository_removed_and_made_again_in_one_process_is_new(tmp_path: Pat
     first.close()
 
 
+def _one_branch_per_writer(
+    tmp_path: Path, catalog: str | None
+) -> tuple[snapref.Repository, list[str]]:
+    repo = snapref.init(str(tmp_path / "wh"), catalog=catalog)
+    repo.import_references("d", _refs(), message="import")
+    branches = [f"b{w}" for w in range(WRITERS)]
+    for b in branches:
+        repo.branch("d", b)
+    return repo, branches
+
+
 def _thread_commits(repo: snapref.Repository, branch: str, first: int) -> tuple[int, int]:
     """COMMITS commits of chunks ``first, first + 1, ...`` on ``branch``: (landed,
     conflicts)."""
@@ -518,11 +529,7 @@ def test_threads_of_one_process_commit_or_conflict_nothing_else(
     # how it is shared: its optimistic transactions must not leak as OperationalError
     from concurrent.futures import ThreadPoolExecutor
 
-    repo = snapref.init(str(tmp_path / "wh"), catalog=catalog_url)
-    repo.import_references("d", _refs(), message="import")
-    branches = [f"b{w}" for w in range(WRITERS)]
-    for b in branches:
-        repo.branch("d", b)
+    repo, branches = _one_branch_per_writer(tmp_path, catalog_url)
     with ThreadPoolExecutor(WRITERS) as pool:
         apart = list(pool.map(_thread_commits, [repo] * WRITERS, branches, range(0, 20, 5)))
         together = list(
@@ -550,11 +557,7 @@ def test_threads_of_one_process_take_turns_and_never_race(
     import snapref.catalog.sql
 
     monkeypatch.setattr(snapref.catalog.sql, "_COMMIT_TRIES", 1)
-    repo = snapref.init(str(tmp_path / "wh"), catalog=f"duckdb:///{tmp_path / 'c.duckdb'}")
-    repo.import_references("d", _refs(), message="import")
-    branches = [f"b{w}" for w in range(WRITERS)]
-    for b in branches:
-        repo.branch("d", b)
+    repo, branches = _one_branch_per_writer(tmp_path, f"duckdb:///{tmp_path / 'c.duckdb'}")
     with ThreadPoolExecutor(WRITERS) as pool:
         apart = list(pool.map(_thread_commits, [repo] * WRITERS, branches, range(0, 20, 5)))
     assert apart == [(COMMITS, 0)] * WRITERS
