@@ -578,7 +578,7 @@ class SnapshotFileSystem(ReferenceFileSystem):
         if not detail:
             return names
         return [
-            {"name": n, "type": "directory", "size": 0} if is_dir else self.info(n)
+            {"name": n, "type": "directory", "size": 0} if is_dir else self._listed(n)
             for n, is_dir in sorted(children.items())
         ]
 
@@ -619,7 +619,7 @@ class SnapshotFileSystem(ReferenceFileSystem):
         path = self._strip_protocol(path).strip("/")
         keys = self._staged.keys_under(path)
         if detail:
-            return {k: self.info(k) for k in keys}
+            return {k: self._listed(k) for k in keys}
         return keys
 
     async def _find(
@@ -639,14 +639,24 @@ class SnapshotFileSystem(ReferenceFileSystem):
             if self._staged.is_dir(path):
                 return {"name": path, "type": "directory", "size": 0}
             raise FileNotFoundError(path) from None
+        entry = self._listed(path, value)
+        if entry["size"] is None:  # a whole outside file: ask its filesystem
+            self._policy.check(path, value[0])
+            entry["size"] = self.fss[get_protocol(value[0])].size(value[0])
+        return entry
+
+    def _listed(self, path: str, value: Any = None) -> dict[str, Any]:
+        """``path``'s entry in a listing (``ls``, ``find`` with ``detail``). The size of
+        a reference to a whole outside file is None, as fsspec's ReferenceFileSystem
+        lists it: a listing asks no other filesystem (thousands of requests on S3);
+        ``info`` of that one key does."""
+        if value is None:
+            value = self._staged[path]
         size: int | None
         if isinstance(value, ObjectRef):
             size = value.size
         elif isinstance(value, list):
             size = value[2] if len(value) == 3 else None
-            if size is None:
-                self._policy.check(path, value[0])
-                size = self.fss[get_protocol(value[0])].size(value[0])
         else:
             size = len(value)
         return {"name": path, "type": "file", "size": size}

@@ -441,3 +441,30 @@ def test_large_chunks_are_read_where_files_cannot_be_mapped(
     group = snapref.open(empty_repo, "ds")
     assert isinstance(sync(group.store.fs._cat_view("v/0.0")), bytes)
     assert np.array_equal(group["v"][:], values)
+
+
+def test_a_listing_asks_no_source_for_the_size_of_whole_file_references(
+    tmp_path: Path,
+) -> None:
+    """As fsspec's ReferenceFileSystem: ``ls``/``find`` with details list a reference
+    to a whole outside file with size None, so listing a folder of them sends no
+    request to their filesystem; ``info`` of one key asks for its size."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.bin").write_bytes(b"x" * (10 + i))
+    refs = {"d/.zgroup": '{"zarr_format":2}'} | {
+        f"d/f{i}": [str(src / f"{i}.bin")] for i in range(3)
+    }
+    repo = snapref.init(str(tmp_path / "wh"))
+    repo.import_references("ds", {"version": 1, "refs": refs}, message="whole files")
+    fs = repo.filesystem("ds")
+    assert fs.info("d/f2")["size"] == 12
+    (src / "1.bin").unlink()  # a listing does not notice: it stats nothing
+    listed = {e["name"]: e["size"] for e in fs.ls("d", detail=True)}
+    assert listed == {"d/.zgroup": 17, "d/f0": None, "d/f1": None, "d/f2": None}
+    assert {k: v["size"] for k, v in fs.find("d", detail=True).items()} == listed
+    assert fs.info("d/f0")["size"] == 10
+    with pytest.raises(FileNotFoundError):
+        fs.info("d/f1")
+    repo.close()
