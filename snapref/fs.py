@@ -459,7 +459,7 @@ class SnapshotFileSystem(ReferenceFileSystem):
     async def _cat_file(
         self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
     ) -> bytes:
-        return await self._read(path, start, end, **kwargs)  # type: ignore[return-value]
+        return await self._read(path, start, end, **kwargs)  # type: ignore[return-value]  # bytes unless view
 
     async def _cat_view(self, path: str) -> BytesLike:
         """The whole value of key ``path`` for zarr's store, which only reads it: like
