@@ -19,6 +19,7 @@ import asyncio
 import functools
 import mmap
 import os
+import sys
 import tempfile
 from collections.abc import Buffer, Mapping
 from contextlib import suppress
@@ -54,8 +55,11 @@ _THREAD_HASH = 256 << 10
 #: against ~490 us to copy it out with read(); below ~128 KiB read() is quicker
 _MAP_AT = 256 << 10
 #: mmap's flag to map every page at once (Linux): without it, each 4 KiB page would
-#: fault on first touch, slower than read(); where it is missing, nothing is mapped
-_MAP_POPULATE: int = getattr(mmap, "MAP_POPULATE", 0)
+#: fault on first touch, slower than read(); where it is missing, nothing is mapped.
+#: Nor before Python 3.13: a map kept a duplicate of its file descriptor until freed
+#: (``trackfd=False`` is 3.13's), and a server with a thousand chunk reads in flight
+#: ran out of descriptors ("Too many open files")
+_MAP_POPULATE: int = getattr(mmap, "MAP_POPULATE", 0) if sys.version_info >= (3, 13) else 0
 
 
 def content_hash(data: BytesLike) -> str:
@@ -342,7 +346,11 @@ class ContentStore:
                 # a filesystem that cannot map files (some FUSE mounts) is read instead
                 with suppress(OSError):
                     data = mmap.mmap(
-                        f.fileno(), 0, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ
+                        f.fileno(),
+                        0,
+                        flags=mmap.MAP_SHARED | _MAP_POPULATE,
+                        prot=mmap.PROT_READ,
+                        trackfd=False,
                     )
             if data is None:
                 data = f.read()
