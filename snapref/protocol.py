@@ -114,7 +114,7 @@ class _Connections:
         key = tokenize(url, dict(repo_options), catalog, dict(source_options or {}), os.getpid())
         with self._lock:
             repo = self._items.get(key)
-            if repo is not None:
+            if repo is not None and not repo.closed:  # closed by someone: connect anew
                 self._items.move_to_end(key)
                 return repo
         repo = connect(url, repo_options, catalog=catalog, source_options=source_options)

@@ -127,6 +127,11 @@ class Repository:
         if db is not None:
             db.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return isinstance(self._reads, _Closed)
+
     def __enter__(self) -> Repository:
         return self
 
@@ -562,8 +567,11 @@ class Repository:
         """Version ``version`` of ``name`` as an xarray Dataset (lazy, read-only)."""
         import xarray as xr
 
-        engine = xr_kwargs.pop("engine", "zarr")
-        if engine != "zarr":
+        engine = xr_kwargs.pop("engine", None)
+        if (
+            engine not in (None, "zarr")
+            and getattr(engine, "__name__", "") != "ZarrBackendEntrypoint"
+        ):
             raise InvalidInputError(
                 f"A snapref version is Zarr, so xarray's engine is 'zarr', not {engine!r}; "
                 "leave engine out"
@@ -594,6 +602,8 @@ class Repository:
         see :func:`snapref.history.blame`."""
         from snapref import history as h
 
+        if index is not None and not isinstance(index, Iterable):
+            index = (index,)  # one dimension: blame(..., 3) as blame(..., (3,))
         idx = None if index is None else tuple(index)
         return h.blame(self, self.resolve(name, version), array, idx, history=history)
 
@@ -749,7 +759,7 @@ def init(
         exists = warehouse.fs.exists(config_path)
     if exists:
         raise AlreadyExistsError(f"A snapref repository exists at {warehouse.url} already")
-    made_folder = warehouse.is_local and not os.path.exists(warehouse.root)
+    made = _missing_folders(warehouse.root) if warehouse.is_local else []
     if warehouse.is_local:
         try:
             warehouse.fs.makedirs(warehouse.root, exist_ok=True)
@@ -758,6 +768,30 @@ def init(
                 f"Cannot create a repository at {warehouse.url}: a file is in the way (a "
                 "repository is a folder). Choose another path."
             ) from None
+    try:
+        return _init_in(warehouse, catalog)
+    except BaseException:
+        for folder in made:  # leave the disk as it was; a folder now holding more stays
+            with suppress(OSError):
+                os.rmdir(folder)
+        raise
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders ``makedirs(path)`` would create, deepest first."""
+    missing = []
+    while path and not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _init_in(warehouse: Warehouse, catalog: str | None) -> Repository:
+    """:func:`init`'s claim of the warehouse and creation of the catalog."""
+    config_path = warehouse.path(CONFIG_FILE)
     if catalog is None:
         if not warehouse.is_local:
             raise InvalidInputError(
@@ -794,9 +828,6 @@ def init(
         cat.set_setting(REPOSITORY_ID, config["id"])
     except BaseException:
         warehouse.fs.rm_file(config_path)
-        if made_folder:  # leave the disk as it was; a folder now holding more stays
-            with suppress(OSError):
-                os.rmdir(warehouse.root)
         raise
     return Repository(warehouse, cat)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -660,6 +661,11 @@ def test_unusable_arguments_are_refused_by_name(air: snapref.Repository, run: An
             r"Invalid index \(1\.5, 0, 0\): give whole numbers",
         ),
         (
+            lambda r, p: r.blame("air", "temp", 1),
+            snapref.InvalidInputError,
+            "has 3 dimensions; give 3 indices, not 1",
+        ),
+        (
             lambda r, p: r.open_dataset("air", engine="h5netcdf"),
             snapref.InvalidInputError,
             "engine is 'zarr', not 'h5netcdf'",
@@ -690,6 +696,17 @@ def test_a_closed_repository_says_so_and_lets_go(tmp_path: Path, catalog_url: st
     with snapref.init(wh, catalog=catalog_url) as repo:
         repo.import_references("d", {"version": 1, "refs": {".zgroup": '{"zarr_format":2}'}})
         group = repo.open("d")
+        db = repo.db  # held by the caller: closed with the repository too
+        fs = repo.filesystem("d")
+    assert repo.closed
+    with pytest.raises(snapref.RepositoryClosedError, match="Connect to the repository again"):
+        db.refs("d")
+    # filesystems unpickled later (dask workers) share a connection; one closing it
+    # makes the next connect anew
+    copy = pickle.loads(pickle.dumps(fs))
+    assert copy.cat_file(".zgroup") == b'{"zarr_format":2}'
+    copy.repository.close()
+    assert pickle.loads(pickle.dumps(fs)).cat_file(".zgroup") == b'{"zarr_format":2}'
     for call in (repo.datasets, lambda: repo.head("d"), lambda: repo.log("d")):
         with pytest.raises(
             snapref.RepositoryClosedError, match=rf"snapref.connect\('file://{wh}'\)"
@@ -703,10 +720,19 @@ def test_a_closed_repository_says_so_and_lets_go(tmp_path: Path, catalog_url: st
 def test_a_failed_init_leaves_no_folder_behind(tmp_path: Path) -> None:
     wh = tmp_path / "new"
     with pytest.raises(snapref.CatalogUnavailableError):
-        snapref.init(str(wh), catalog="postgresql://nobody@127.0.0.1:1/none")
+        snapref.init(str(wh / "deeper" / "still"), catalog="postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(snapref.CatalogUnavailableError):
+        snapref.init(str(wh), catalog="not-a-url")
     assert not wh.exists()
     # a folder that was there before stays, with what it held
     (wh / "keep").mkdir(parents=True)
     with pytest.raises(snapref.CatalogUnavailableError):
         snapref.init(str(wh), catalog="postgresql://nobody@127.0.0.1:1/none")
     assert sorted(p.name for p in wh.iterdir()) == ["keep"]
+
+
+def test_open_dataset_takes_the_engine_spellings_xarray_does(air: snapref.Repository) -> None:
+    from xarray.backends.zarr import ZarrBackendEntrypoint
+
+    for engine in (None, "zarr", ZarrBackendEntrypoint):
+        assert "temp" in air.open_dataset("air", engine=engine).data_vars

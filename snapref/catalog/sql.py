@@ -65,6 +65,7 @@ from snapref.errors import (
     CatalogSchemaError,
     CatalogUnavailableError,
     ConflictError,
+    RepositoryClosedError,
     VersionNotFoundError,
 )
 
@@ -180,16 +181,24 @@ class Catalog(Lookups):
         with self._read() as conn:
             return list(conn.execute(_text(sql), params).cursor.fetchall())
 
+    def _connect(self) -> Connection:
+        if not self._release.alive:  # closed: its engine may serve others, not this
+            raise RepositoryClosedError(
+                f"The catalog {safe_url(self.url)} was closed (close(), or the with block "
+                "of its repository ended). Connect to the repository again."
+            )
+        return self.engine.connect()
+
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             yield conn
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction: committed on success, rolled back on any error."""
         try:
-            with self.engine.connect() as conn:
+            with self._connect() as conn:
                 conn = conn.execution_options(snapref_write=True)
                 with conn.begin():
                     yield conn
