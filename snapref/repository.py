@@ -238,7 +238,8 @@ class Repository:
             else "it has no version yet"
         )
         return (
-            f"Dataset {name!r} had no version on branch {branch!r} at {when.isoformat()}; {since}"
+            f"Dataset {name!r} had no version on branch {branch!r} at "
+            f"{(when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()}; {since}"
         )
 
     def _no_version(self, name: str, version: Any) -> str:

@@ -551,6 +551,9 @@ class Transaction:
             If a staged value cannot be recorded (a metadata document that is not
             JSON, a reference outside the allowed sources, ...). Nothing is recorded,
             and the transaction stays open: fix the value and commit again.
+        RepositoryClosedError
+            If its repository was closed meanwhile. Nothing is recorded, and the
+            transaction is closed.
         """
         self._check_open()
         self._close()

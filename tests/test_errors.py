@@ -673,7 +673,7 @@ def test_unusable_arguments_are_refused_by_name(air: snapref.Repository, run: An
         (
             lambda r, p: r.resolve("air", as_of="2001-01-01"),
             snapref.VersionNotFoundError,
-            r"no version on branch 'main' at 2001-01-01T00:00:00; its first version "
+            r"no version on branch 'main' at 2001-01-01T00:00:00\+00:00; its first version "
             r"there is from 20\d\d-.*: give that time or a later one",
         ),
     ],
