@@ -384,6 +384,21 @@ def test_mv_renames_an_array_without_reading_or_writing_chunks(air: snapref.Repo
     np.testing.assert_array_equal(snapref.open(air, "air", 1)["temp"][:], before)
 
 
+def _write_uncompressed(repo: snapref.Repository, values: np.ndarray, chunks: Any) -> None:
+    """Commit ``values`` to dataset ``ds`` as array ``v`` (zarr v2, no compressor), so
+    each chunk object holds exactly its values' bytes."""
+    with repo.transaction("ds", message="write") as tx:
+        zarr.create_array(
+            tx.store,
+            name="v",
+            shape=values.shape,
+            chunks=chunks,
+            dtype=values.dtype,
+            compressors=None,
+            zarr_format=2,
+        )[:] = values
+
+
 def test_large_chunks_reach_zarr_as_a_checked_map_of_their_file(
     empty_repo: snapref.Repository,
 ) -> None:
@@ -391,16 +406,7 @@ def test_large_chunks_reach_zarr_as_a_checked_map_of_their_file(
     memory map of its file (no copy): the same values, the same checks, and an edit
     of part of it leaves the committed object as it was."""
     values = np.arange(512 * 1024, dtype="float64").reshape(512, 1024)  # 2 chunks, 2 MiB
-    with empty_repo.transaction("ds", message="write") as tx:
-        zarr.create_array(
-            tx.store,
-            name="v",
-            shape=values.shape,
-            chunks=(512, 512),
-            dtype="float64",
-            compressors=None,
-            zarr_format=2,
-        )[:] = values
+    _write_uncompressed(empty_repo, values, (512, 512))
     group = snapref.open(empty_repo, "ds")
     ref = empty_repo.manifest(empty_repo.head("ds")).get("v/0.1")
     assert isinstance(ref, ObjectRef)
@@ -425,16 +431,7 @@ def test_large_chunks_are_read_where_files_cannot_be_mapped(
     empty_repo: snapref.Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     values = np.arange(512 * 512, dtype="float64").reshape(512, 512)  # one 2 MiB chunk
-    with empty_repo.transaction("ds", message="write") as tx:
-        zarr.create_array(
-            tx.store,
-            name="v",
-            shape=values.shape,
-            chunks=values.shape,
-            dtype="float64",
-            compressors=None,
-            zarr_format=2,
-        )[:] = values
+    _write_uncompressed(empty_repo, values, values.shape)
 
     def cannot_map(*args: Any, **kwargs: Any) -> Any:
         raise OSError(19, "No such device")  # what mmap says on a FUSE mount without it
@@ -476,16 +473,7 @@ def test_mapped_chunks_hold_no_file_descriptors(empty_repo: snapref.Repository) 
     """A map kept a duplicate of its file's descriptor until freed, so a server with
     a thousand chunk reads in flight ran out of descriptors ("Too many open files")."""
     values = np.arange(40 * 32768, dtype="float64").reshape(40, 32768)  # 40 chunks, 256 KiB
-    with empty_repo.transaction("ds", message="write") as tx:
-        zarr.create_array(
-            tx.store,
-            name="v",
-            shape=values.shape,
-            chunks=(1, 32768),
-            dtype="float64",
-            compressors=None,
-            zarr_format=2,
-        )[:] = values
+    _write_uncompressed(empty_repo, values, (1, 32768))
     fs = snapref.open(empty_repo, "ds").store.fs
     before = len(os.listdir("/proc/self/fd"))
     held = [sync(fs._cat_view(f"v/{i}.0")) for i in range(40)]
