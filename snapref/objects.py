@@ -273,14 +273,15 @@ class ContentStore:
         """Store ``data`` (any bytes-like object, not kept) from inside an event loop
         without blocking it: hashing and local file writes run in a worker thread (the
         hash releases the GIL). Returns the digest and whether anything was written.
+        obstore's client uploads ``data`` itself; fsspec's filesystems get a copy as
+        ``bytes``.
 
         ``stored`` is the digest of an object known to be stored (the one the key being
         written holds now): bytes that hash to it cost no further check or request.
         """
         if self.warehouse.is_local:
             return await asyncio.to_thread(self._put_local, data, stored)
-        data = bytes(data)  # what S3 clients and other filesystems take
-        if len(data) < _THREAD_HASH:
+        if memoryview(data).nbytes < _THREAD_HASH:
             digest = content_hash(data)
         else:
             digest = await asyncio.to_thread(content_hash, data)
@@ -317,22 +318,29 @@ class ContentStore:
         reading (local files) and checking the hash run in a worker thread."""
         if self.warehouse.is_local:
             return await asyncio.to_thread(self._get_local, digest)
-        try:
-            data = await afs._cat_file(self.path(digest))
-        except FileNotFoundError:
-            raise self._missing(digest) from None
-        if len(data) < _THREAD_HASH:  # a thread hop costs more than hashing this
-            return self.verify(digest, data)
-        return await asyncio.to_thread(self.verify, digest, data)
+        return await self._fetch(afs, digest, view=False)  # type: ignore[return-value]  # bytes
 
     async def view_async(self, afs: AsyncFileSystem, digest: str) -> BytesLike:
-        """Like :meth:`get_async`, for zarr, which only reads the bytes: a large object
-        of a local warehouse comes as a read-only memory map of its file, checked
-        without the copy read() makes (docs/layout.md). Files are never changed in
-        place, so the map holds what was checked."""
-        if self.warehouse.is_local and _MAP_POPULATE:
-            return await asyncio.to_thread(self._view_local, digest)
-        return await self.get_async(afs, digest)
+        """Like :meth:`get_async`, for zarr, which only reads the bytes, so that they
+        need not be copied into a ``bytes`` object (docs/layout.md): a large object of
+        a local warehouse comes as a read-only memory map of its file (files are never
+        changed in place, so the map holds what was checked); through obstore's
+        client, as the buffer that client received."""
+        if self.warehouse.is_local:
+            if _MAP_POPULATE:
+                return await asyncio.to_thread(self._view_local, digest)
+            return await asyncio.to_thread(self._get_local, digest)
+        return await self._fetch(afs, digest, view=True)
+
+    async def _fetch(self, afs: AsyncFileSystem, digest: str, view: bool) -> BytesLike:
+        """The bytes of ``digest`` from remote storage (:func:`_get_whole`), checked."""
+        try:
+            data = await _get_whole(afs, self.path(digest), view)
+        except FileNotFoundError:
+            raise self._missing(digest) from None
+        if memoryview(data).nbytes < _THREAD_HASH:  # a thread hop costs more than this
+            return self.verify(digest, data)
+        return await asyncio.to_thread(self.verify, digest, data)
 
     def _get_local(self, digest: str) -> bytes:
         with self._open_local(digest) as f:
@@ -386,7 +394,7 @@ class ContentStore:
         return data
 
 
-async def _store_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool:
+async def _store_if_absent(afs: AsyncFileSystem, path: str, data: BytesLike) -> bool:
     """Write ``path`` unless a file has that name; whether it was written. One
     conditional PUT where the client allows (:func:`_put_if_absent`), else fsspec's
     ``exists`` first."""
@@ -394,7 +402,7 @@ async def _store_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool
     if written is None:
         if await afs._exists(path):
             return False
-        await afs._pipe_file(path, data)
+        await afs._pipe_file(path, bytes(data))  # what fsspec's filesystems take
         written = True
     return written
 
@@ -427,7 +435,7 @@ def _write_local_if_absent(path: str, data: BytesLike) -> bool:
             os.unlink(tmp)
 
 
-async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool | None:
+async def _put_if_absent(afs: AsyncFileSystem, path: str, data: BytesLike) -> bool | None:
     """Write ``path`` only if no file has that name, in one request (S3's conditional
     PUT, ``If-None-Match: *``): True if written, False if it existed, None if ``afs``
     cannot write conditionally (then the caller asks first).
@@ -439,24 +447,47 @@ async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool |
     PUT). Should the adapter's internals change, this returns None. A server that
     ignored the condition would overwrite the object with the same bytes, which its
     name guarantees: no reader could tell."""
-    kind = type(afs).__module__.split(".")[0]
-    if kind == "s3fs":
+    if type(afs).__module__.split(".")[0] == "s3fs":
         try:
-            await afs._pipe_file(path, data, mode="create")
+            await afs._pipe_file(path, bytes(data), mode="create")
         except FileExistsError:
             return False
         return True
-    if kind == "obstore":
-        from obstore.exceptions import AlreadyExistsError
+    target = _obstore_target(afs, path)
+    if target is None:
+        return None
+    from obstore.exceptions import AlreadyExistsError
 
-        try:
-            bucket, key = afs._split_path(path)
-            store = afs._construct_store(bucket)
-        except (AttributeError, TypeError, ValueError):  # the adapter's internals changed
-            return None
-        try:
-            await store.put_async(key, data, mode="create")
-        except AlreadyExistsError:
-            return False
-        return True
-    return None
+    store, key = target
+    try:
+        await store.put_async(key, data, mode="create")
+    except AlreadyExistsError:
+        return False
+    return True
+
+
+async def _get_whole(afs: AsyncFileSystem, path: str, view: bool) -> BytesLike:
+    """The whole file ``path``: ``bytes``, or with ``view`` any bytes-like object.
+
+    With ``view``, where ``afs`` is obstore's fsspec adapter, the buffer obstore's own
+    client received (``obstore.Bytes``), which the adapter would copy into ``bytes``
+    (moto, 256 objects of 4 MiB fetched 10 at a time: 0.9-1.0 GB/s against 0.7-0.8).
+    """
+    target = _obstore_target(afs, path) if view else None
+    if target is None:
+        return await afs._cat_file(path)  # type: ignore[no-any-return]
+    store, key = target
+    return await (await store.get_async(key)).bytes_async()  # type: ignore[no-any-return]
+
+
+def _obstore_target(afs: AsyncFileSystem, path: str) -> tuple[Any, str] | None:
+    """Where ``afs`` is obstore's fsspec adapter: the obstore store that the adapter
+    keeps for ``path``'s bucket, and the key of ``path`` in it. None for any other
+    filesystem, or should the adapter's internals change."""
+    if type(afs).__module__.split(".")[0] != "obstore":
+        return None
+    try:
+        bucket, key = afs._split_path(path)
+        return afs._construct_store(bucket), key
+    except (AttributeError, TypeError, ValueError):
+        return None

@@ -485,6 +485,66 @@ def test_a_warehouse_on_obstores_s3_client(
         np.testing.assert_array_equal(snapref.open(repo, "air")["temp"][:], expected)
 
 
+def test_chunks_read_through_obstore_are_not_copied_by_its_adapter(
+    s3_bucket: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zarr gets each chunk as the buffer obstore's client received: the adapter's
+    ``_cat_file`` (which copies every chunk into ``bytes``) is not used for them. The
+    bytes are checked all the same, and fsspec's ``cat`` still gives ``bytes``."""
+    import obstore.fsspec
+
+    payloads = [bytes([i]) * (512 << 10) for i in range(3)]  # hashed in a worker thread
+    refs = one_array_refs("x", 3 * len(payloads[0]), len(payloads[0]), "|u1")
+    adapter_reads: list[str] = []
+    cat_file = obstore.fsspec.FsspecStore._cat_file
+
+    async def counted(self: Any, path: str, *args: Any, **kw: Any) -> Any:
+        adapter_reads.append(path)
+        return await cat_file(self, path, *args, **kw)
+
+    with _obstore_for_s3():
+        options = _obstore_options(s3_bucket)
+        with snapref.init(REPO, catalog=_catalog_url(tmp_path), storage_options=options) as repo:
+            repo.import_references("a", refs, message="empty")
+            with repo.transaction("a", message="three chunks") as tx:
+                for i, payload in enumerate(payloads):
+                    tx.fs.pipe_file(f"x/{i}", payload)
+            monkeypatch.setattr(obstore.fsspec.FsspecStore, "_cat_file", counted)
+            values = snapref.open(repo, "a")["x"][:]
+            assert values.tobytes() == b"".join(payloads)
+            assert not [p for p in adapter_reads if "/objects/" in p]
+            fs = fsspec.filesystem("snapref", repo=repo, dataset="a")
+            assert fs.cat_file("x/1") == payloads[1]
+            assert type(fs.cat_file("x/1")) is bytes
+
+
+@pytest.mark.parametrize("damage", ["changed", "deleted"])
+def test_a_damaged_or_lost_object_read_through_obstore_is_an_integrity_error(
+    damage: str, s3_bucket: dict[str, Any], s3_fs: s3fs.S3FileSystem, tmp_path: Path
+) -> None:
+    """Through obstore's client as through s3fs: a chunk object whose bytes changed,
+    or that is gone, is an IntegrityError naming it, never wrong values or fill
+    values."""
+    payload = bytes(range(256)) * 2048  # 512 KiB
+    refs = one_array_refs("x", len(payload), len(payload), "|u1")
+    with _obstore_for_s3():
+        options = _obstore_options(s3_bucket)
+        with snapref.init(REPO, catalog=_catalog_url(tmp_path), storage_options=options) as repo:
+            repo.import_references("a", refs, message="empty")
+            with repo.transaction("a", message="one chunk") as tx:
+                tx.fs.pipe_file("x/0", payload)
+            [path] = s3_fs.find(OBJECTS)
+            if damage == "changed":
+                s3_fs.pipe_file(path, payload[:-1] + b"!")
+            else:
+                s3_fs.rm_file(path)
+            s3_fs.invalidate_cache()
+            fs = fsspec.filesystem("snapref", repo=repo, dataset="a")
+            for read in (lambda: snapref.open(repo, "a")["x"][:], lambda: fs.cat_file("x/0")):
+                with pytest.raises(snapref.IntegrityError, match=path.rsplit("/", 1)[1]):
+                    read()
+
+
 @pytest.mark.parametrize("client", ["s3fs", "obstore"])
 def test_bytes_already_stored_are_not_written_again(
     client: str, s3_bucket: dict[str, Any], s3_fs: s3fs.S3FileSystem, tmp_path: Path
