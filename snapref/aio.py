@@ -35,17 +35,19 @@ import threading
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import zarr
 from fsspec.asyn import AsyncFileSystem
 from fsspec.utils import get_protocol
 
 from snapref.catalog import Snapshot
-from snapref.fs import SnapshotStore, _source_filesystems
+from snapref.fs import _source_filesystems
 from snapref.manifest import Manifest
 from snapref.protocol import _CONNECTIONS, SnaprefFileSystem
 from snapref.repository import Repository, VersionSpec
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["open_async", "open_snapshot_async"]
 
@@ -110,6 +112,10 @@ async def open_snapshot_async(repo: Repository, snapshot: Snapshot) -> zarr.Asyn
         loop=asyncio.get_running_loop(),
     )
     fs.fss = shared.sources_for(fs._policy.prefixes, repo._source_options_for())
+    import zarr.api.asynchronous  # not at import time: see snapref/store.py
+
+    from snapref.store import SnapshotStore
+
     store = SnapshotStore(fs, read_only=True)
     return await zarr.api.asynchronous.open_group(store=store, mode="r")
 

@@ -24,14 +24,6 @@ from datetime import UTC, date, datetime, time
 from typing import TYPE_CHECKING, Any
 
 import ujson
-import zarr
-from zarr.errors import (
-    ArrayNotFoundError,
-    ContainsArrayError,
-    ContainsGroupError,
-    GroupNotFoundError,
-)
-from zarr.storage import FsspecStore
 
 from snapref import checkout
 from snapref.catalog import BRANCH, MAIN_BRANCH, TAG, Log, Lookups, RefRecord, Snapshot
@@ -55,8 +47,11 @@ from snapref.refs_parquet import DEFAULT_RECORD_SIZE, is_parquet_references, str
 from snapref.transaction import ChangeSet, Transaction, check_name, commit_changes
 
 if TYPE_CHECKING:
+    import zarr
+
     from snapref.catalog import Catalog
     from snapref.listing import DatasetListing
+    from snapref.store import SnapshotStore
 
 __all__ = ["Repository", "connect", "init", "open", "open_dataset", "split_spec"]
 
@@ -529,10 +524,10 @@ class Repository:
 
         return SnaprefFileSystem(self, name, version, asynchronous=asynchronous, **kw)
 
-    def store(self, name: str, version: VersionSpec = None, **kw: Any) -> FsspecStore:
-        """A read-only zarr 3 store (a :class:`~snapref.fs.SnapshotStore`) over one
+    def store(self, name: str, version: VersionSpec = None, **kw: Any) -> SnapshotStore:
+        """A read-only zarr 3 store (a :class:`~snapref.store.SnapshotStore`) over one
         version of ``name``."""
-        from snapref.fs import SnapshotStore
+        from snapref.store import SnapshotStore  # imports zarr: see snapref/store.py
 
         fs = self.filesystem(name, version, asynchronous=True, **kw)
         return SnapshotStore(fs, read_only=True)
@@ -540,6 +535,14 @@ class Repository:
     def open(self, name: str, version: VersionSpec = None, **kw: Any) -> zarr.Group | zarr.Array:
         """Version ``version`` of ``name`` as a read-only zarr Group, or Array if the
         dataset's root is an array (an ingested array store), as ``zarr.open`` does."""
+        import zarr
+        from zarr.errors import (
+            ArrayNotFoundError,
+            ContainsArrayError,
+            ContainsGroupError,
+            GroupNotFoundError,
+        )
+
         store = self.store(name, version, **kw)
         try:
             return zarr.open_group(store, mode="r")

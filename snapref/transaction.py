@@ -14,6 +14,7 @@ behind; a crash during it is rolled back by the database.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import random
 import time
@@ -31,7 +32,7 @@ from snapref.errors import (
     InvalidInputError,
     TransactionClosedError,
 )
-from snapref.fs import SnapshotFileSystem, SnapshotStore, StagedReferences
+from snapref.fs import SnapshotFileSystem, StagedReferences
 from snapref.keys import check_metadata, is_metadata_key, same_document, without_consolidated
 from snapref.manifest import (
     InlineRef,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from snapref.manifest import WriteResult
     from snapref.objects import PutResult
     from snapref.repository import Repository
+    from snapref.store import SnapshotStore
 
 __all__ = ["ChangeSet", "Transaction", "commit_changes"]
 
@@ -455,7 +457,8 @@ class Transaction:
     fs : SnapshotFileSystem
         Writable reference filesystem (synchronous fsspec API).
     store : SnapshotStore
-        zarr 3 store over the same staged state, for zarr and xarray.
+        zarr 3 store over the same staged state, for zarr and xarray (made on first
+        use).
     parent : Snapshot
         The version the edits start from.
     snapshot : Snapshot | None
@@ -493,9 +496,16 @@ class Transaction:
         self._afs = repo._filesystem(
             self.staged, dataset, asynchronous=True, extra_sources=self.allow_sources
         )
-        self.store = SnapshotStore(self._afs)
         self.snapshot: Snapshot | None = None
         self._closed = False
+
+    @functools.cached_property
+    def store(self) -> SnapshotStore:
+        """zarr 3 store over the staged state (made on first use: it imports zarr, which
+        a transaction written through :attr:`fs` alone does without)."""
+        from snapref.store import SnapshotStore
+
+        return SnapshotStore(self._afs)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self.staged.staged)} staged keys"

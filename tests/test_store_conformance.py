@@ -26,9 +26,10 @@ from zarr.testing.utils import assert_bytes_equal
 
 import snapref
 from snapref import objects
-from snapref.fs import SnapshotStore, StagedReferences
+from snapref.fs import StagedReferences
 from snapref.keys import is_metadata_key
 from snapref.manifest import InlineRef, ManifestWriter, ObjectRef, Ref, VirtualRef
+from snapref.store import SnapshotStore
 from snapref.transaction import Transaction
 
 
