@@ -273,15 +273,17 @@ class ContentStore:
         """Store ``data`` (any bytes-like object, not kept) from inside an event loop
         without blocking it: hashing and local file writes run in a worker thread (the
         hash releases the GIL). Returns the digest and whether anything was written.
-        obstore's client uploads ``data`` itself; fsspec's filesystems get a copy as
-        ``bytes``.
 
         ``stored`` is the digest of an object known to be stored (the one the key being
         written holds now): bytes that hash to it cost no further check or request.
         """
         if self.warehouse.is_local:
             return await asyncio.to_thread(self._put_local, data, stored)
-        if memoryview(data).nbytes < _THREAD_HASH:
+        # a copy, hashed and uploaded: obstore's client reads the buffer it is given
+        # while the request is in flight, so bytes the caller changed meanwhile would be
+        # stored under a name they do not hash to (and, stored, never be rewritten)
+        data = bytes(data)
+        if len(data) < _THREAD_HASH:
             digest = content_hash(data)
         else:
             digest = await asyncio.to_thread(content_hash, data)
@@ -290,6 +292,7 @@ class ContentStore:
         return digest, await _store_if_absent(afs, self.path(digest), data)
 
     def _put_local(self, data: BytesLike, stored: str | None = None) -> tuple[str, bool]:
+        data = _flat(data)
         digest = content_hash(data)
         if digest == stored:
             return digest, False
@@ -394,7 +397,7 @@ class ContentStore:
         return data
 
 
-async def _store_if_absent(afs: AsyncFileSystem, path: str, data: BytesLike) -> bool:
+async def _store_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool:
     """Write ``path`` unless a file has that name; whether it was written. One
     conditional PUT where the client allows (:func:`_put_if_absent`), else fsspec's
     ``exists`` first."""
@@ -402,9 +405,19 @@ async def _store_if_absent(afs: AsyncFileSystem, path: str, data: BytesLike) -> 
     if written is None:
         if await afs._exists(path):
             return False
-        await afs._pipe_file(path, bytes(data))  # what fsspec's filesystems take
+        await afs._pipe_file(path, data)
         written = True
     return written
+
+
+def _flat(data: BytesLike) -> BytesLike:
+    """``data`` as a flat buffer of bytes, which BLAKE3 and file writes take: a typed
+    (an array of float64) or multi-dimensional buffer is cast without a copy, a
+    non-contiguous one is copied."""
+    view = memoryview(data)
+    if view.format == "B" and view.ndim == 1 and view.c_contiguous:
+        return data
+    return view.cast("B") if view.c_contiguous else view.tobytes()
 
 
 def _write_local_if_absent(path: str, data: BytesLike) -> bool:
@@ -435,7 +448,7 @@ def _write_local_if_absent(path: str, data: BytesLike) -> bool:
             os.unlink(tmp)
 
 
-async def _put_if_absent(afs: AsyncFileSystem, path: str, data: BytesLike) -> bool | None:
+async def _put_if_absent(afs: AsyncFileSystem, path: str, data: bytes) -> bool | None:
     """Write ``path`` only if no file has that name, in one request (S3's conditional
     PUT, ``If-None-Match: *``): True if written, False if it existed, None if ``afs``
     cannot write conditionally (then the caller asks first).
@@ -449,7 +462,7 @@ async def _put_if_absent(afs: AsyncFileSystem, path: str, data: BytesLike) -> bo
     name guarantees: no reader could tell."""
     if type(afs).__module__.split(".")[0] == "s3fs":
         try:
-            await afs._pipe_file(path, bytes(data), mode="create")
+            await afs._pipe_file(path, data, mode="create")
         except FileExistsError:
             return False
         return True

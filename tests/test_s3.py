@@ -545,6 +545,82 @@ def test_a_damaged_or_lost_object_read_through_obstore_is_an_integrity_error(
                     read()
 
 
+@contextmanager
+def _warehouse(client: str, s3_bucket: dict[str, Any], tmp_path: Path) -> Iterator[Any]:
+    """A new repository whose warehouse is local, or on S3 through s3fs or obstore."""
+    from contextlib import nullcontext
+
+    if client == "local":
+        with snapref.init(str(tmp_path / "wh")) as repo:
+            yield repo
+        return
+    options = s3_bucket if client == "s3fs" else _obstore_options(s3_bucket)
+    with _obstore_for_s3() if client == "obstore" else nullcontext():
+        with snapref.init(REPO, catalog=_catalog_url(tmp_path), storage_options=options) as repo:
+            yield repo
+
+
+@pytest.mark.parametrize("client", ["local", "s3fs", "obstore"])
+def test_any_buffer_can_be_written_through_the_filesystem(
+    client: str, s3_bucket: dict[str, Any], tmp_path: Path
+) -> None:
+    """``pipe_file`` takes any bytes-like object, as its bytes in memory order: typed
+    and non-contiguous buffers too (they used to fail on local disk with a bare
+    BufferError)."""
+    import array
+
+    values = {
+        "float64": np.arange(4.0),
+        "int32": array.array("i", [1, -2, 3]),
+        "strided": np.arange(16, dtype="u1")[::2],
+        "2-d": np.arange(6, dtype="<u2").reshape(2, 3),
+    }
+    with _warehouse(client, s3_bucket, tmp_path) as repo:
+        repo.import_references("d", {".zgroup": json.dumps({"zarr_format": 2})}, "empty")
+        with repo.transaction("d", message="buffers") as tx:
+            for name, value in values.items():
+                tx.fs.pipe_file(f"blob/{name}", value)
+        fs = fsspec.filesystem("snapref", repo=repo, dataset="d")
+        for name, value in values.items():
+            assert fs.cat_file(f"blob/{name}") == memoryview(value).tobytes(), name
+
+
+@pytest.mark.parametrize("client", ["s3fs", "obstore"])
+def test_a_buffer_changed_while_it_is_uploaded_stores_what_was_hashed(
+    client: str,
+    s3_bucket: dict[str, Any],
+    s3_fs: s3fs.S3FileSystem,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An object holds the bytes its name is the hash of, even if the caller changes
+    its buffer after it was hashed: obstore's client reads the buffer it is given while
+    the request is in flight, and a stored object is never rewritten. Here the buffer
+    changes right after the hash, as another thread of the caller's could."""
+    import snapref.objects
+
+    buffer = bytearray(bytes(range(256)) * 2048)  # 512 KiB
+    original = bytes(buffer)
+    hash_of = snapref.objects.content_hash
+
+    def hash_then_change(data: Any) -> str:
+        digest = hash_of(data)
+        if memoryview(data).nbytes == len(buffer):  # the chunk's hash, not a shard's
+            buffer[:4] = b"XXXX"
+        return digest
+
+    with _warehouse(client, s3_bucket, tmp_path) as repo:
+        repo.import_references("d", one_array_refs("x", len(buffer), len(buffer), "|u1"), "e")
+        monkeypatch.setattr(snapref.objects, "content_hash", hash_then_change)
+        with repo.transaction("d", message="the buffer changes") as tx:
+            tx.fs.pipe_file("x/0", buffer)
+        monkeypatch.undo()
+        [path] = s3_fs.find(OBJECTS)
+        assert s3_fs.cat_file(path) == original
+        assert path.endswith(blake3(original).hexdigest()[2:])  # objects/ab/cdef...
+        assert snapref.open(repo, "d")["x"][:].tobytes() == original
+
+
 @pytest.mark.parametrize("client", ["s3fs", "obstore"])
 def test_bytes_already_stored_are_not_written_again(
     client: str, s3_bucket: dict[str, Any], s3_fs: s3fs.S3FileSystem, tmp_path: Path
