@@ -2,7 +2,7 @@
 conformance suite (tests/test_store_conformance.py).
 
 Its own module, so that zarr is imported only by what opens arrays: ``import
-snapref`` and the commands that only read the catalog (``snapref log``, ``tags``,
+snapref`` and the commands that only read the catalog (``snapref log``, ``tag``,
 ``diff``, ...) do without it (~250 ms of a process's start).
 """
 
