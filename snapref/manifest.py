@@ -33,7 +33,7 @@ import functools
 import io
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,23 +121,29 @@ def encode_shard(entries: list[tuple[str, Ref]]) -> bytes:
 
 
 def _table_of(entries: list[tuple[str, Ref]]) -> pa.Table:
-    if entries and all(type(ref) is VirtualRef for _, ref in entries):
+    return _table_of_refs([key for key, _ in entries], [ref for _, ref in entries])
+
+
+def _table_of_refs(keys: list[str], refs: list[Ref]) -> pa.Table:
+    """The table of rows ``keys[i]``, ``refs[i]``, in that order."""
+    if refs and all(type(ref) is VirtualRef for ref in refs):
         # a kerchunk import's chunks: no per-row tuples (10^6 of them)
-        refs: list[VirtualRef] = [ref for _, ref in entries]  # type: ignore[misc]
+        virtual: list[VirtualRef] = refs  # type: ignore[assignment]
         n = len(refs)
         cols: dict[str, Any] = {
-            "key": [key for key, _ in entries],
+            "key": keys,
             "kind": pa.repeat(pa.scalar(KIND_VIRTUAL, pa.int8()), n),
             "data": pa.nulls(n, pa.binary()),
             "digest": pa.nulls(n, pa.string()),
-            "url": [ref.url for ref in refs],
-            "offset": [ref.offset for ref in refs],
-            "length": [ref.length for ref in refs],
+            # one column at a time: each list goes once its column is made
+            "url": pa.array([ref.url for ref in virtual], pa.string()),
+            "offset": pa.array([ref.offset for ref in virtual], pa.int64()),
+            "length": pa.array([ref.length for ref in virtual], pa.int64()),
         }
         return pa.table(cols, schema=_SCHEMA)
-    rows = [_row_of_ref(ref) for _, ref in entries]
+    rows = [_row_of_ref(ref) for ref in refs]
     columns = list(zip(*rows, strict=True)) if rows else [()] * 6
-    cols = {"key": [key for key, _ in entries]}
+    cols = {"key": keys}
     cols.update(zip(_SCHEMA.names[1:], (list(c) for c in columns), strict=True))
     return pa.table(cols, schema=_SCHEMA)
 
@@ -357,6 +363,41 @@ def _sort_key(section: str, key: str) -> tuple[Any, ...]:
     # that gains keys
     coords = chunk_coords(section[len(_ARRAY_PREFIX) :], key)
     return (coords or (), key)
+
+
+def _section_order(section: str, keys: list[str]) -> list[int]:
+    """The positions of ``keys`` (all of ``section``) in section order: sorted as by
+    :func:`_sort_key`. Chunk coordinates are parsed into one numpy array and ordered by
+    ``np.lexsort``, rather than held as a Python tuple per key for the sort (an import
+    of 10^6 chunks made ~200 MB of them); sorting by ``_sort_key`` remains for what
+    that cannot order alike: keys of equal coordinates (``3.4`` and ``c/3/4``), of
+    unequal numbers of them, or beyond int64."""
+    array = array_of_section(section)
+    coords = _coords_array(array, keys) if array is not None and len(keys) > 1 else None
+    if coords is not None:
+        order = np.lexsort(coords.T[::-1])  # lexsort's last row is its first criterion
+        ranked = coords[order]
+        if not (ranked[1:] == ranked[:-1]).all(axis=1).any():
+            return list(order.tolist())
+    return sorted(range(len(keys)), key=lambda i: _sort_key(section, keys[i]))
+
+
+def _coords_array(array: str, keys: list[str]) -> np.ndarray | None:
+    """The chunk coordinates of ``keys`` in ``array``, one row each; None unless every
+    key is a chunk of as many (one or more) coordinates, each an int64."""
+    first = chunk_coords(array, keys[0])
+    if not first:
+        return None
+    coords = np.empty((len(keys), len(first)), dtype=np.int64)
+    try:
+        for i, key in enumerate(keys):
+            row = chunk_coords(array, key)
+            if row is None or len(row) != len(first):
+                return None
+            coords[i] = row
+    except OverflowError:
+        return None
+    return coords
 
 
 # -- manifests -------------------------------------------------------------------------
@@ -599,14 +640,18 @@ class WriteResult:
     bytes_written: int
 
 
-def _cut_shards(
-    table: pa.Table, max_refs: int, out: dict[str, bytes]
+def _slices(table: pa.Table, max_refs: int) -> Iterator[pa.Table]:
+    """``table`` in pieces of at most ``max_refs`` rows."""
+    return (table.slice(start, max_refs) for start in range(0, table.num_rows, max_refs))
+
+
+def _store_shards(
+    pieces: Iterable[pa.Table], out: dict[str, bytes]
 ) -> Iterator[tuple[ShardInfo, pa.Table]]:
-    """Cut ``table``, rows in section order, into shards of at most ``max_refs`` rows:
-    each shard's parquet bytes go into ``out`` under their digest, and its info and
-    rows are yielded as it is made (the caller stores ``out``)."""
-    for start in range(0, table.num_rows, max_refs):
-        piece = table.slice(start, max_refs)
+    """Each of ``pieces`` (rows in section order) as a shard: its parquet bytes go
+    into ``out`` under their digest, and its info and rows are yielded as it is made
+    (the caller stores ``out``)."""
+    for piece in pieces:
         data = _encode(piece)
         digest = content_hash(data)
         out[digest] = data
@@ -698,15 +743,24 @@ class ManifestWriter:
                 if i < len(infos):
                     result.append(infos[i])
                 continue
+            m = self.max_refs
             if i < len(infos):
                 table = self.base._load(infos[i]).apply(groups[i], sort_key)
+                count, pieces = table.num_rows, _slices(table, m)
             else:
-                entries = [(k, r) for k, r in groups[i].items() if r is not None]
-                entries.sort(key=lambda kv: sort_key(kv[0]))
-                table = _table_of(entries)
-            n_shards = len(range(0, table.num_rows, self.max_refs))
+                keys = [k for k, r in groups[i].items() if r is not None]
+                refs = [r for r in groups[i].values() if r is not None]
+                order = _section_order(name, keys)
+                keys, refs = [keys[j] for j in order], [refs[j] for j in order]
+                # a table per shard, not one sliced: the shard cache keeps pieces, and
+                # a slice keeps its whole table (~100 MB for 10^6 chunks)
+                count = len(keys)
+                pieces = (
+                    _table_of_refs(keys[j : j + m], refs[j : j + m]) for j in range(0, count, m)
+                )
+            n_shards = -(-count // m)
             with progress.bar(n_shards if n_shards > 4 else 0, "Writing shards") as tick:
-                for info, piece in _cut_shards(table, self.max_refs, out):
+                for info, piece in _store_shards(pieces, out):
                     result.append(info)
                     SHARD_CACHE.put(info.digest, Shard(piece))
                     tick(1)
@@ -760,7 +814,9 @@ class SectionWriter:
         table = pa.concat_tables(self._pending).combine_chunks()
         full = table.num_rows if final else table.num_rows - table.num_rows % self.max_refs
         out: dict[str, bytes] = {}
-        self.infos.extend(info for info, _ in _cut_shards(table.slice(0, full), self.max_refs, out))
+        self.infos.extend(
+            info for info, _ in _store_shards(_slices(table.slice(0, full), self.max_refs), out)
+        )
         rest = table.slice(full)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
@@ -826,7 +882,8 @@ def _changes_by_section(
     base: Manifest, arrays: frozenset[str], changes: Mapping[str, Ref | None]
 ) -> tuple[dict[str, dict[str, Ref | None]], dict[str, dict[str, tuple[Any, ...]]]]:
     """Changes grouped by section, plus the moves that a change of arrays requires,
-    and the sort key of each changed key (computed once: parsing is the costly part).
+    and the sort key of each changed key of a section the base has (computed once:
+    parsing is the costly part).
 
     Chunks of an array that is no longer an array move to the ``meta`` section; files
     under a new array's path that look like its chunks move into its section.
@@ -838,10 +895,9 @@ def _changes_by_section(
 
     def put(key: str, ref: Ref | None) -> None:
         new, order = place(key)
-        if new not in out:
-            out[new], sort_keys[new] = {}, {}
-        sort_keys[new][key] = order
-        out[new][key] = ref
+        out.setdefault(new, {})[key] = ref
+        if new in base.sections:  # a new section is sorted at once (_section_order)
+            sort_keys.setdefault(new, {})[key] = order
         if moves:
             old = place_before(key)[0]
             if old != new and old in base.sections:
