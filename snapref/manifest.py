@@ -24,6 +24,11 @@ url     string     target of a virtual reference (dictionary encoded)
 offset  int64      byte offset of a virtual reference (null: whole file)
 length  int64      byte length (inline and object: size; virtual: range length)
 ======  =========  ==========================================================
+
+pyarrow and numpy (60-100 ms of a process's start) are imported by the functions that
+encode, decode or sort shards, not by this module: ``import snapref`` and the commands
+that only read the catalog (``snapref log``, ``tag``, ``ls``, ...) do without them, as
+they do without zarr (see :mod:`snapref.store`).
 """
 
 from __future__ import annotations
@@ -35,11 +40,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ujson
 from fsspec.asyn import AsyncFileSystem
 
@@ -47,6 +49,10 @@ from snapref import progress
 from snapref.errors import CatalogSchemaError, InvalidReferenceError
 from snapref.keys import array_path_of, chunk_coords, chunk_index, is_metadata_key
 from snapref.objects import PutResult, Warehouse, content_hash
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
 
 __all__ = [
     "MAX_SHARD_REFS",
@@ -98,18 +104,27 @@ class VirtualRef:
 
 Ref = InlineRef | ObjectRef | VirtualRef
 
-_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("kind", pa.int8()),
-        ("data", pa.binary()),
-        ("digest", pa.string()),
-        ("url", pa.string()),
-        ("offset", pa.int64()),
-        ("length", pa.int64()),
-    ]
-)
+#: the columns of a shard, in order (their types: :func:`_shard_schema`)
+_COLUMNS = ("key", "kind", "data", "digest", "url", "offset", "length")
 KIND_INLINE, KIND_OBJECT, KIND_VIRTUAL = 0, 1, 2
+
+
+@functools.cache
+def _shard_schema() -> pa.Schema:
+    """The Arrow schema of a shard (made on first use: it needs pyarrow)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("key", pa.string()),
+            ("kind", pa.int8()),
+            ("data", pa.binary()),
+            ("digest", pa.string()),
+            ("url", pa.string()),
+            ("offset", pa.int64()),
+            ("length", pa.int64()),
+        ]
+    )
 
 
 # -- shards ----------------------------------------------------------------------------
@@ -126,6 +141,8 @@ def _table_of(entries: list[tuple[str, Ref]]) -> pa.Table:
 
 def _table_of_refs(keys: list[str], refs: list[Ref]) -> pa.Table:
     """The table of rows ``keys[i]``, ``refs[i]``, in that order."""
+    import pyarrow as pa
+
     if refs and all(type(ref) is VirtualRef for ref in refs):
         # a kerchunk import's chunks: no per-row tuples (10^6 of them)
         virtual: list[VirtualRef] = refs  # type: ignore[assignment]
@@ -140,15 +157,17 @@ def _table_of_refs(keys: list[str], refs: list[Ref]) -> pa.Table:
             "offset": pa.array([ref.offset for ref in virtual], pa.int64()),
             "length": pa.array([ref.length for ref in virtual], pa.int64()),
         }
-        return pa.table(cols, schema=_SCHEMA)
+        return pa.table(cols, schema=_shard_schema())
     rows = [_row_of_ref(ref) for ref in refs]
     columns = list(zip(*rows, strict=True)) if rows else [()] * 6
     cols = {"key": keys}
-    cols.update(zip(_SCHEMA.names[1:], (list(c) for c in columns), strict=True))
-    return pa.table(cols, schema=_SCHEMA)
+    cols.update(zip(_COLUMNS[1:], (list(c) for c in columns), strict=True))
+    return pa.table(cols, schema=_shard_schema())
 
 
 def _encode(table: pa.Table) -> bytes:
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
     pq.write_table(
         table,
@@ -177,6 +196,9 @@ def read_shard_table(data: bytes, columns: list[str] | None = None) -> pa.Table:
     (+45 MB). One thread: a shard is small, so Arrow's pool of threads costs more than
     it gives (0.53 vs 0.7 ms a shard, and -2.6 MB of peak memory in a fresh process).
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     return pq.ParquetFile(pa.BufferReader(data), pre_buffer=False).read(
         columns=columns, use_threads=False
     )
@@ -223,7 +245,7 @@ class Shard:
         the key index and Python rows it makes as it is used (a Python object per
         value: ~50 bytes each beside the text, and the dict's or lists' slots)."""
         n, arrow = self.table.num_rows, self.table.nbytes
-        return 2 * arrow + self.table.column("key").nbytes + (150 + 60 * len(_SCHEMA.names)) * n
+        return 2 * arrow + self.table.column("key").nbytes + (150 + 60 * len(_COLUMNS)) * n
 
     def get(self, key: str) -> Ref | None:
         i = self.index.get(key)
@@ -233,15 +255,15 @@ class Shard:
         if rows is None:
             self._lookups += 1
             if self._lookups <= self._ROW_READS:
-                return _ref_of_row(tuple(self.table.column(n)[i].as_py() for n in _SCHEMA.names))
-            rows = self._rows = [self.table.column(n).to_pylist() for n in _SCHEMA.names]
+                return _ref_of_row(tuple(self.table.column(n)[i].as_py() for n in _COLUMNS))
+            rows = self._rows = [self.table.column(n).to_pylist() for n in _COLUMNS]
         return _ref_of_row(tuple(column[i] for column in rows))
 
     def keys(self) -> list[str]:
         return list(self.table.column("key").to_pylist())
 
     def items(self) -> Iterator[tuple[str, Ref]]:
-        columns = [self.table.column(n).to_pylist() for n in _SCHEMA.names]
+        columns = [self.table.column(n).to_pylist() for n in _COLUMNS]
         for row in zip(*columns, strict=True):
             yield row[0], _ref_of_row(row)
 
@@ -251,6 +273,9 @@ class Shard:
         Changed rows are replaced column-wise and deleted rows filtered out; only
         added keys make the table be re-sorted (by ``sort_key`` of each key).
         """
+        import numpy as np
+        import pyarrow as pa
+
         index = self.index
         table = self.table
         mods = sorted((index[k], k, r) for k, r in changes.items() if r is not None and k in index)
@@ -270,9 +295,9 @@ class Shard:
                         pa.array(mask),
                         repl.column(n).combine_chunks(),
                     )
-                    for n in _SCHEMA.names
+                    for n in _COLUMNS
                 ],
-                schema=_SCHEMA,
+                schema=_shard_schema(),
             )
         if dels:
             keep = np.ones(table.num_rows, dtype=bool)
@@ -372,6 +397,8 @@ def _section_order(section: str, keys: list[str]) -> list[int]:
     of 10^6 chunks made ~200 MB of them); sorting by ``_sort_key`` remains for what
     that cannot order alike: keys of equal coordinates (``3.4`` and ``c/3/4``), of
     unequal numbers of them, or beyond int64."""
+    import numpy as np
+
     array = array_of_section(section)
     coords = _coords_array(array, keys) if array is not None and len(keys) > 1 else None
     if coords is not None:
@@ -385,6 +412,8 @@ def _section_order(section: str, keys: list[str]) -> list[int]:
 def _coords_array(array: str, keys: list[str]) -> np.ndarray | None:
     """The chunk coordinates of ``keys`` in ``array``, one row each; None unless every
     key is a chunk of as many (one or more) coordinates, each an int64."""
+    import numpy as np
+
     first = chunk_coords(array, keys[0])
     if not first:
         return None
@@ -809,6 +838,8 @@ class SectionWriter:
         return self.infos
 
     def _flush(self, final: bool) -> None:
+        import pyarrow as pa
+
         if not self._pending:
             return
         table = pa.concat_tables(self._pending).combine_chunks()
@@ -834,6 +865,8 @@ def chunk_table(
 ) -> pa.Table:
     """A shard-schema table of chunk references: objects where ``digests[i]`` is set
     (``lengths[i]`` its size), else virtual (``offsets[i]`` None: the whole file)."""
+    import pyarrow as pa
+
     kinds = [KIND_OBJECT if d is not None else KIND_VIRTUAL for d in digests]
     return pa.table(
         {
@@ -845,7 +878,7 @@ def chunk_table(
             "offset": offsets,
             "length": lengths,
         },
-        schema=_SCHEMA,
+        schema=_shard_schema(),
     )
 
 

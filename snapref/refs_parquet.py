@@ -16,10 +16,14 @@ record of every array: a partial directory would read fill values silently.
 
 Only zarr v2 hierarchies whose keys are metadata documents or chunk keys fit this
 layout; anything else is an :class:`~snapref.errors.InvalidInputError` on export.
+
+pyarrow and numpy are imported by the functions that read or write record files, not
+by this module, which :mod:`snapref.repository` imports: see :mod:`snapref.manifest`.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import posixpath
@@ -28,9 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import fsspec
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ujson
 
 from snapref import progress
@@ -50,6 +51,8 @@ from snapref.objects import content_hash
 from snapref.refs import Parsed, check_protocol, normalize_url
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from snapref.catalog import Snapshot
     from snapref.repository import Repository
     from snapref.transaction import ChangeSet
@@ -95,15 +98,22 @@ _PANDAS_METADATA = {
     "creator": {"library": "snapref", "version": ""},
     "pandas_version": "2.0.0",
 }
-_SCHEMA = pa.schema(
-    [
-        pa.field("path", pa.string()),
-        pa.field("offset", pa.int64(), nullable=False),
-        pa.field("size", pa.int64(), nullable=False),
-        pa.field("raw", pa.binary()),
-    ],
-    metadata={"pandas": ujson.dumps(_PANDAS_METADATA)},
-)
+
+
+@functools.cache
+def _record_schema() -> pa.Schema:
+    """The Arrow schema of a record file (made on first use: it needs pyarrow)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("path", pa.string()),
+            pa.field("offset", pa.int64(), nullable=False),
+            pa.field("size", pa.int64(), nullable=False),
+            pa.field("raw", pa.binary()),
+        ],
+        metadata={"pandas": ujson.dumps(_PANDAS_METADATA)},
+    )
 
 
 def _fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
@@ -368,6 +378,10 @@ def _record_rows(
 ) -> tuple[list[str], list[Any], list[Any], list[Any], list[Any]] | None:
     """The keys of one record file in chunk order, with its path, offset, size and raw
     columns; None for a missing record (fsspec reads those as missing chunks)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = refdir.record_path(array, record)
     try:
         data = refdir.fs.cat_file(path)
@@ -456,6 +470,8 @@ def write_parquet_references(
         If the snapshot is not a zarr v2 hierarchy of metadata and ``.``-separated
         chunk keys (the only shape this layout can hold).
     """
+    import pyarrow.parquet as pq
+
     if record_size <= 0:
         raise InvalidInputError(f"record_size must be positive, not {record_size}")
     manifest = repo.manifest(snapshot)
@@ -529,6 +545,8 @@ def _records(
     entries: Iterator[tuple[str, Any]],
 ) -> Iterator[tuple[int, pa.Table]]:
     """Every record table of one array, in order; entries come sorted by grid position."""
+    import pyarrow as pa
+
     n_records = _n_records(grid, record_size)
     strides = _strides(grid)
     pending = next(entries, None)
@@ -565,7 +583,7 @@ def _records(
                 if ref.offset is not None:
                     offsets[i], sizes[i] = ref.offset, ref.length or 0
             pending = next(entries, None)
-        yield number, pa.table([paths, offsets, sizes, raws], schema=_SCHEMA)
+        yield number, pa.table([paths, offsets, sizes, raws], schema=_record_schema())
 
 
 def _read_by_zarr(

@@ -334,6 +334,40 @@ print(json.dumps([seen, value]))
     assert value == 7
 
 
+def test_commands_that_only_read_the_catalog_never_import_pyarrow(tmp_path: Path) -> None:
+    # importing pyarrow and numpy is 60-100 ms of a process's start, and these commands
+    # read no shard; reading one (opening a version) needs pyarrow
+    wh = str(tmp_path / "wh")
+    with snapref.init(wh) as repo:
+        repo.import_references("d", one_array_refs("v", 8, 1, "<u2"), message="import")
+        with repo.transaction("d", message="set chunk 3") as tx:
+            tx.fs.pipe_file("v/3", np.uint16(7).tobytes())
+        repo.tag("d", 2, "edited")
+    code = f"""
+import json, sys
+import snapref
+from snapref.cli import cli
+def heavy():
+    return sorted(m for m in ("numpy", "pyarrow") if m in sys.modules)
+seen = {{"import snapref": heavy()}}
+for args in (["log", "d"], ["tag", "d"], ["ls"], ["audit"], ["branch", "d"]):
+    cli.main(["-R", {wh!r}, *args], standalone_mode=False)
+seen["log, tag, ls, audit, branch"] = heavy()
+value = int(snapref.open({wh!r}, "d")["v"][3])
+seen["open"] = heavy()
+print(json.dumps([seen, value]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    seen, value = json.loads(out.stdout.splitlines()[-1])
+    assert seen == {
+        "import snapref": [],
+        "log, tag, ls, audit, branch": [],
+        "open": ["numpy", "pyarrow"],
+    }
+    assert value == 7
+
+
 def test_the_sqlite_reader_answers_as_the_catalog_does(tmp_path: Path) -> None:
     # the same SQL text, run by Python's sqlite3 and by SQLAlchemy
     from snapref.catalog import Catalog

@@ -14,7 +14,7 @@ from snapref.catalog import schema
 from snapref.catalog.migrate import DIALECT_MIGRATIONS, MIGRATIONS
 from snapref.catalog.records import LOG_COLUMNS, format_time
 from snapref.catalog.schema import SCHEMA_VERSION, ddl
-from snapref.manifest import _SCHEMA
+from snapref.manifest import _COLUMNS, _shard_schema
 from tests.conftest import one_array_refs
 
 SCHEMAS = Path(__file__).parent.parent / "catalog_schemas"
@@ -241,7 +241,9 @@ def _refs() -> dict[str, str]:
 
 def test_manifest_spec_matches_shard_schema() -> None:
     spec = json.loads((SCHEMAS / "manifest-v1.json").read_text())
-    assert [tuple(c) for c in spec["shard"]["columns"]] == [(f.name, str(f.type)) for f in _SCHEMA]
+    schema = _shard_schema()
+    assert [tuple(c) for c in spec["shard"]["columns"]] == [(f.name, str(f.type)) for f in schema]
+    assert tuple(schema.names) == _COLUMNS  # what shards are read by
 
 
 def test_manifest_list_fields_match_what_is_written(tmp_path: Path) -> None:
